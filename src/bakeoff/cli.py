@@ -1,0 +1,201 @@
+"""The ``bakeoff`` command: validate, run and compile a spec, or run one stage outside KFP.
+
+Exit status: 0 on success, 2 on an invalid spec (one line per error, naming the key path),
+1 on any other error bakeoff reports (bad data, unloadable model, unreachable endpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from bakeoff import __version__
+from bakeoff.errors import BakeoffError, SpecError
+from bakeoff.spec import load_spec
+
+log = logging.getLogger("bakeoff")
+
+
+def _cmd_validate(args) -> int:
+    spec = load_spec(args.spec)
+    print(spec.plan())
+    return 0
+
+
+def _cmd_compile(args) -> int:
+    from bakeoff_pipelines import compile_pipeline
+
+    spec = load_spec(args.spec)
+    path = compile_pipeline(spec, args.output)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    spec = load_spec(args.spec)
+    host = args.host or os.environ.get("KFP_HOST")
+    if host:
+        from bakeoff_pipelines import submit
+
+        run_id = submit(spec, host)
+        print(f"submitted run {run_id} to {host}")
+        return 0
+    from bakeoff_pipelines import run_local
+
+    out = Path(args.out or Path("runs") / spec.name)
+    try:
+        paths = run_local(spec, out)
+    except RuntimeError as exc:  # kfp.local: a task failed; its own log above says why
+        raise BakeoffError(f"pipeline failed: {exc} (the failing task's log is printed above)") from exc
+    print(f"report: {paths['html']}")
+    print(f"markdown: {paths['markdown']}")
+    print(f"results: {paths['results']}")
+    return 0
+
+
+def _cmd_prepare(args) -> int:
+    from bakeoff.data.prepare import prepare_data
+
+    spec = load_spec(args.spec)
+    result = prepare_data(spec.data, spec.seed, args.out)
+    print(json.dumps(result.rows))
+    return 0
+
+
+def _cmd_finetune(args) -> int:
+    from bakeoff.train import finetune
+
+    spec = load_spec(args.spec)
+    arm = spec.arm(args.arm)
+    result = finetune(arm, spec.training, spec.arm_peft(arm), args.data, args.out, spec.seed, spec.cost)
+    print(json.dumps(result.metrics()))
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from bakeoff.generate import generate
+
+    spec = load_spec(args.spec)
+    adapter = Path(args.model) / "adapter" if args.model else None
+    variants = spec.variants if adapter else [v for v in spec.variants if v != "fine-tuned"]
+    summary = generate(spec.arm(args.arm), spec.generation, variants, args.data, adapter, args.out,
+                       template=spec.data.template, seed=spec.seed)
+    print(json.dumps(summary["seconds"]))
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from bakeoff.evaluate import evaluate
+
+    spec = load_spec(args.spec)
+    result = evaluate(args.arm, spec.evaluation, args.generations, args.out, seed=spec.seed)
+    print(json.dumps(result["metrics"], indent=2))
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from bakeoff.report import write_report
+
+    try:
+        results = json.loads(Path(args.results).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BakeoffError(f"{args.results}: cannot read results JSON: {exc}") from exc
+    paths = write_report(results, args.out)
+    print(f"report: {paths['html']}")
+    return 0
+
+
+def _cmd_synth_data(args) -> int:
+    from bakeoff.data.synthetic import write_smoke_dataset
+
+    path = write_smoke_dataset(args.output, n=args.n, seed=args.seed)
+    print(f"wrote {args.n} records to {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bakeoff", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"bakeoff {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("validate", help="check a spec and print the plan")
+    s.add_argument("spec")
+    s.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("run", help="run the pipeline locally (KFP local runner) or submit it with --host")
+    s.add_argument("spec")
+    s.add_argument("--out", help="output folder (default runs/<experiment name>)")
+    s.add_argument("--host", help="Kubeflow Pipelines endpoint to submit to (default $KFP_HOST)")
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("compile", help="write the KFP pipeline YAML for a spec")
+    s.add_argument("spec")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=_cmd_compile)
+
+    s = sub.add_parser("prepare", help="run the prepare stage")
+    s.add_argument("spec")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_prepare)
+
+    s = sub.add_parser("finetune", help="fine-tune one arm")
+    s.add_argument("spec")
+    s.add_argument("--arm", required=True)
+    s.add_argument("--data", required=True, help="the prepare stage's output folder")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_finetune)
+
+    s = sub.add_parser("generate", help="generate answers on the test split for one arm")
+    s.add_argument("spec")
+    s.add_argument("--arm", required=True)
+    s.add_argument("--data", required=True)
+    s.add_argument("--model", help="the finetune stage's output folder (omit for base variants only)")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_generate)
+
+    s = sub.add_parser("evaluate", help="score one arm's generations")
+    s.add_argument("spec")
+    s.add_argument("--arm", required=True)
+    s.add_argument("--generations", required=True)
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_evaluate)
+
+    s = sub.add_parser("report", help="render report.html and report.md from a results.json")
+    s.add_argument("results")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("synth-data", help="write the synthetic instruction set the smoke experiment uses")
+    s.add_argument("output")
+    s.add_argument("--n", type=int, default=1500)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=_cmd_synth_data)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``bakeoff`` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except SpecError as exc:
+        where = f"{exc.source}: " if exc.source else ""
+        for message in exc.messages:
+            print(f"{where}{message}", file=sys.stderr)
+        return 2
+    except BakeoffError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

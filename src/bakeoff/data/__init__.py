@@ -1,0 +1,1 @@
+"""Data: sources, templates, the synthetic smoke set and the prepare stage."""

@@ -1,0 +1,231 @@
+"""The LLM judge: reference-guided single-answer grading 1-10 over any OpenAI-compatible endpoint.
+
+Temperature 0; the rating is written as ``[[N]]``. Calls run with bounded concurrency and are
+retried with exponential backoff on 429, 5xx, timeouts and connection errors. Every reply is
+cached on disk, keyed by judge model, prompt version, question, reference and answer, so a rerun
+pays nothing. A reply without a rating is a counted parse failure, never a score.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import tempfile
+import threading
+import time
+import unicodedata
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bakeoff.errors import EvaluationError
+from bakeoff.spec import JudgeSpec
+from bakeoff.storage import cache_root
+
+log = logging.getLogger(__name__)
+
+PROMPT_VERSION = "judge-v1"
+
+SYSTEM_PROMPT = (
+    "You grade answers written by an AI assistant. You are strict, fair and brief. You are given a "
+    "question, a reference answer that is known to be correct, and the assistant's answer. Judge how "
+    "well the assistant's answer matches the reference in correctness first, then in completeness and "
+    "clarity. Extra words that do not change the meaning are not an error; a wrong fact is."
+)
+
+USER_TEMPLATE = (
+    "Question:\n{question}\n\n"
+    "Reference answer:\n{reference}\n\n"
+    "Assistant's answer:\n{answer}\n\n"
+    "Explain your judgement in one or two sentences, then give a rating from 1 (wrong or unusable) "
+    "to 10 (fully correct and as good as the reference), written exactly as [[N]], for example "
+    "\"Rating: [[7]]\"."
+)
+
+_RATING = re.compile(r"\[\[\s*([0-9]+(?:\.[0-9]+)?)\s*\]\]")
+
+
+def parse_rating(text: str) -> float | None:
+    """The last ``[[N]]`` in ``text`` as a float in 1..10, else None (unparseable).
+
+    Decimals are allowed; leading zeros and full-width digits or brackets are normalised (NFKC).
+    """
+    if not isinstance(text, str):
+        return None
+    matches = _RATING.findall(unicodedata.normalize("NFKC", text))
+    if not matches:
+        return None
+    value = float(matches[-1])
+    return value if 1.0 <= value <= 10.0 else None
+
+
+@dataclass
+class Judgment:
+    """One graded answer: the rating (None when the reply had none) and the judge's words."""
+
+    rating: float | None
+    explanation: str
+    cached: bool = False
+    error: str | None = None
+
+
+@dataclass
+class JudgeStats:
+    """Counters shown in the report's evaluation health section."""
+
+    calls: int = 0
+    cached: int = 0
+    parse_failures: int = 0
+    errors: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for key, value in counts.items():
+                setattr(self, key, getattr(self, key) + value)
+
+    def to_dict(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+
+
+class Judge:
+    """Grades (question, reference, answer) triples through an OpenAI-compatible chat endpoint."""
+
+    def __init__(self, spec: JudgeSpec, cache_dir: str | Path | None = None, client=None):
+        self.spec = spec
+        self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "judge"
+        self.stats = JudgeStats()
+        if client is None:
+            from openai import OpenAI
+
+            api_key = os.environ.get(spec.api_key_env)
+            if not api_key:
+                log.warning("judge: %s is not set; calling %s without an API key", spec.api_key_env, spec.base_url)
+            # Retries are ours (counted, with backoff), so the client's own are off.
+            client = OpenAI(base_url=spec.base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=spec.timeout_s)
+        self.client = client
+
+    def cache_key(self, question: str, reference: str, answer: str) -> str:
+        payload = json.dumps([self.spec.model, PROMPT_VERSION, question, reference, answer], ensure_ascii=False)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def _cache_path(self, key: str) -> Path:
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    def _read_cache(self, key: str) -> dict | None:
+        path = self._cache_path(key)
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def _write_cache(self, key: str, entry: dict) -> None:
+        path = self._cache_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(entry, fh, ensure_ascii=False)
+        os.replace(tmp, path)
+
+    def _call(self, question: str, reference: str, answer: str) -> dict:
+        import openai
+
+        messages = [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": USER_TEMPLATE.format(question=question, reference=reference, answer=answer)},
+        ]
+        attempt = 0
+        while True:
+            try:
+                resp = self.client.chat.completions.create(
+                    model=self.spec.model, messages=messages, temperature=0, max_tokens=self.spec.max_tokens,
+                )
+                break
+            except (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
+                    openai.InternalServerError) as exc:
+                retryable = exc
+            except openai.APIStatusError as exc:
+                if exc.status_code < 500:
+                    raise
+                retryable = exc
+            if attempt >= self.spec.max_retries:
+                raise retryable
+            attempt += 1
+            self.stats.add(retries=1)
+            time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random() / 2))
+        usage = resp.usage
+        return {
+            "reply": (resp.choices[0].message.content or "") if resp.choices else "",
+            "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
+            "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
+        }
+
+    def judge_one(self, question: str, reference: str, answer: str) -> Judgment:
+        """Grade one answer, from the cache when this exact triple was graded before."""
+        key = self.cache_key(question, reference, answer)
+        entry = self._read_cache(key)
+        cached = entry is not None
+        if entry is None:
+            entry = self._call(question, reference, answer)
+            self._write_cache(key, entry)
+            self.stats.add(calls=1, prompt_tokens=entry["prompt_tokens"], completion_tokens=entry["completion_tokens"])
+        else:
+            self.stats.add(cached=1)
+        rating = parse_rating(entry["reply"])
+        if rating is None:
+            self.stats.add(parse_failures=1)
+        return Judgment(rating, entry["reply"], cached=cached,
+                        error=None if rating is not None else "unparseable judge reply (no [[N]] rating from 1 to 10)")
+
+    def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[Judgment]:
+        """Grade many triples with ``concurrency`` workers; per-item API errors are counted failures.
+
+        An endpoint that cannot be reached at all fails the whole evaluation with what to fix.
+        """
+        import openai
+
+        if not items:
+            return []
+        try:
+            first = self.judge_one(*items[0])
+        except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+            raise EvaluationError(
+                f"judge endpoint {self.spec.base_url} did not answer after {self.spec.max_retries} retries "
+                f"({exc}); check evaluation.judge.base_url, that the server is up, and network access"
+            ) from exc
+        except openai.AuthenticationError as exc:
+            raise EvaluationError(
+                f"judge endpoint {self.spec.base_url} rejected the API key ({exc}); set {self.spec.api_key_env}"
+            ) from exc
+        except openai.APIStatusError as exc:
+            if exc.status_code < 500:  # a wrong model name or request shape fails every call alike
+                raise EvaluationError(
+                    f"judge endpoint {self.spec.base_url} refused the request ({exc.status_code}: {exc.message}); "
+                    f"check evaluation.judge.model ({self.spec.model!r})"
+                ) from exc
+            first = self._failed(exc)
+        except openai.APIError as exc:
+            first = self._failed(exc)
+
+        def safe(item: tuple[str, str, str]) -> Judgment:
+            try:
+                return self.judge_one(*item)
+            except openai.APIError as exc:
+                return self._failed(exc)
+
+        with ThreadPoolExecutor(max_workers=self.spec.concurrency) as pool:
+            rest = list(pool.map(safe, items[1:]))
+        return [first, *rest]
+
+    def _failed(self, exc: Exception) -> Judgment:
+        self.stats.add(errors=1)
+        log.warning("judge call failed: %s", exc)
+        return Judgment(None, "", error=f"judge call failed: {type(exc).__name__}: {exc}")

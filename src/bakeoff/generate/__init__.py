@@ -1,0 +1,5 @@
+"""The generate stage."""
+
+from bakeoff.generate.generate import generate
+
+__all__ = ["generate"]

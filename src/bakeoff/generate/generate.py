@@ -1,0 +1,131 @@
+"""The generate stage: batched greedy decoding on the test split, per variant.
+
+Variants: ``fine-tuned`` (base + adapter), ``base-zero-shot`` (the same model with the adapter
+disabled) and ``base-few-shot`` (adapter disabled, ``few_shot_k`` train examples before the
+question, drawn with the run's seed). The decoding settings are the same for all.
+Output: ``generations.jsonl`` (one row per test example and variant) and ``generation.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bakeoff.data.prepare import read_split
+from bakeoff.data.templates import get_template
+from bakeoff.models.loading import load_model, load_tokenizer, pick_device
+from bakeoff.spec import ArmSpec, GenerationSpec
+
+log = logging.getLogger(__name__)
+
+
+def batched_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[dict]:
+    """Greedy answers for ``prompts``: left padding, batches of similar length, stop at end of sequence.
+
+    Prompts already carry their special tokens (the template writes ``<s>``), so none are added.
+    """
+    import torch
+
+    tokenizer.padding_side = "left"
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: list[dict | None] = [None] * len(prompts)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with torch.inference_mode():
+            out = model.generate(
+                **enc, max_new_tokens=max_new_tokens, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            )
+        new = out[:, enc["input_ids"].shape[1]:]
+        for row, i in enumerate(idx):
+            ids = new[row].tolist()
+            finished = tokenizer.eos_token_id in ids
+            if finished:
+                ids = ids[: ids.index(tokenizer.eos_token_id)]
+            ids = [t for t in ids if t != tokenizer.pad_token_id]
+            answers[i] = {
+                "answer": tokenizer.decode(ids, skip_special_tokens=True).strip(),
+                "new_tokens": len(ids),
+                "stopped": "eos" if finished else "max_new_tokens",
+            }
+    return answers  # type: ignore[return-value]
+
+
+def few_shot_prompt(template_name: str, examples: Sequence[dict], example: dict) -> str:
+    """The test prompt preceded by worked examples, each a full turn in the same template."""
+    template = get_template(template_name)
+    shots = "".join(template.prompt(e["instruction"], e["input"]) + template.completion(e["reference"])
+                    for e in examples)
+    return shots + template.prompt(example["instruction"], example["input"])
+
+
+def generate(
+    arm: ArmSpec,
+    generation: GenerationSpec,
+    variants: Sequence[str],
+    data_dir: str | Path,
+    adapter_dir: str | Path | None,
+    out_dir: str | Path,
+    template: str = "llama2-inst",
+    seed: int = 42,
+) -> dict:
+    """Answer the test split with each variant; writes ``generations.jsonl`` and returns a summary."""
+    from peft import PeftModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    test = read_split(data_dir, "test")
+    device = pick_device()
+    tokenizer = load_tokenizer(arm.model, trust_remote_code=arm.trust_remote_code)
+    model = load_model(arm.model, trust_remote_code=arm.trust_remote_code, device=device)
+    if adapter_dir is not None and "fine-tuned" in variants:
+        model = PeftModel.from_pretrained(model, str(Path(adapter_dir)))
+    elif "fine-tuned" in variants:
+        raise ValueError("the fine-tuned variant needs an adapter_dir")
+    model.eval()
+    model.generation_config.output_router_logits = False
+    if hasattr(model.config, "output_router_logits"):
+        model.config.output_router_logits = False
+
+    shots: list[dict] = []
+    if "base-few-shot" in variants:
+        train = read_split(data_dir, "train")
+        shots = random.Random(seed).sample(train, min(generation.few_shot_k, len(train)))
+
+    rows, timing = [], {}
+    for variant in variants:
+        if variant == "base-few-shot":
+            prompts = [few_shot_prompt(template, shots, ex) for ex in test]
+        else:
+            prompts = [ex["prompt"] for ex in test]
+        ctx = model.disable_adapter() if variant != "fine-tuned" and isinstance(model, PeftModel) else contextlib.nullcontext()
+        started = time.perf_counter()
+        with ctx:
+            answers = batched_greedy(model, tokenizer, prompts, generation.max_new_tokens, generation.batch_size)
+        timing[variant] = round(time.perf_counter() - started, 3)
+        for ex, ans in zip(test, answers):
+            rows.append({"id": ex["id"], "variant": variant, "instruction": ex["instruction"], "input": ex["input"],
+                         "reference": ex["reference"], **({"task": ex["task"]} if "task" in ex else {}), **ans})
+        log.info("arm %s, %s: %d answers in %.1f s", arm.name, variant, len(answers), timing[variant])
+    with (out / "generations.jsonl").open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    summary = {"arm": arm.name, "model": arm.model, "variants": list(variants), "samples": len(test),
+               "device": device, "seconds": timing, "few_shot_ids": [s["id"] for s in shots],
+               "decoding": {"greedy": True, **generation.model_dump(mode="json")}}
+    (out / "generation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def read_generations(gen_dir: str | Path) -> list[dict]:
+    """The rows ``generate`` wrote."""
+    path = Path(gen_dir) / "generations.jsonl"
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,312 @@
+"""Render a ``results.json`` dict (see docs/results-schema.md) as a self-contained HTML page and as Markdown.
+
+The HTML page has no external references: CSS is inline and the loss chart is an inline SVG drawn by
+matplotlib. Rendering is deterministic: the same results give byte-identical output.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import matplotlib
+from markupsafe import Markup
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+VARIANT_ORDER = ("fine-tuned", "base-zero-shot", "base-few-shot")
+MAX_SAMPLES_PER_ARM = 20
+_ENV = jinja2.Environment(
+    loader=jinja2.PackageLoader("bakeoff.report", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    """Format a number, or "n/a" for None."""
+    if value is None:
+        return "n/a"
+    if not spec:
+        spec = "," if isinstance(value, int) and not isinstance(value, bool) else ".4g"
+    return format(value, spec)
+
+
+def _duration(seconds: float | None) -> str:
+    """Seconds as h:mm:ss."""
+    if seconds is None:
+        return "n/a"
+    total = int(round(seconds))
+    return f"{total // 3600}:{total % 3600 // 60:02d}:{total % 60:02d}"
+
+
+def _arms(results: dict) -> list[str]:
+    """Arm names in spec order (rows first), then any only seen in training, health or samples."""
+    names = [r.get("arm") for r in results.get("rows") or []]
+    names += list(results.get("training") or {}) + list(results.get("health") or {})
+    names += [s.get("arm") for s in results.get("samples") or []]
+    return [n for n in dict.fromkeys(names) if n is not None]
+
+
+def _variant_key(variant: str) -> tuple[int, str]:
+    return (VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER), variant)
+
+
+def _cell(metric: dict | None, status: str) -> dict[str, Any]:
+    """One metric cell: mean, ci95, n, failures, or the status text when the metric has no values."""
+    metric = metric or {}
+    status = metric.get("status") or status or "ok"
+    ci = metric.get("ci95")
+    return {
+        "ok": status == "ok",
+        "status": status,
+        "mean": _fmt(metric.get("mean"), ".3f"),
+        "ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "",
+        "n": _fmt(metric.get("n")),
+        "failures": _fmt(metric.get("failures")),
+    }
+
+
+def _mean(row: dict | None, metric: str) -> float | None:
+    """The mean of an ok metric in a row, else None."""
+    m = ((row or {}).get("metrics") or {}).get(metric) or {}
+    return m.get("mean") if m.get("status", "ok") == "ok" else None
+
+
+def _summary(results: dict, metrics: list[str], status: dict[str, str]) -> list[dict[str, str]]:
+    """Best arm per metric by fine-tuned mean (higher is better)."""
+    out = []
+    for metric in metrics:
+        cands = [r for r in results.get("rows") or [] if r.get("variant") == "fine-tuned"
+                 and _mean(r, metric) is not None]
+        if not cands:
+            out.append({"metric": metric, "arm": "", "value": status.get(metric) or "no values", "ci": ""})
+            continue
+        best = max(cands, key=lambda r: _mean(r, metric))  # first arm in spec order wins a tie
+        cell = _cell(best["metrics"][metric], "ok")
+        out.append({"metric": metric, "arm": best.get("arm", ""), "value": cell["mean"], "ci": cell["ci"]})
+    return out
+
+
+def _deltas(results: dict, arms: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    """Fine-tuned minus base-zero-shot mean per arm and metric ("n/a" where either is missing)."""
+    by_key = {(r.get("arm"), r.get("variant")): r for r in results.get("rows") or []}
+    out = []
+    for arm in arms:
+        values = []
+        for metric in metrics:
+            ft = _mean(by_key.get((arm, "fine-tuned")), metric)
+            base = _mean(by_key.get((arm, "base-zero-shot")), metric)
+            values.append(f"{ft - base:+.3f}" if ft is not None and base is not None else "n/a")
+        out.append({"arm": arm, "values": values})
+    return out
+
+
+def _training(results: dict, arms: list[str]) -> list[dict[str, str]]:
+    """Training facts per arm, formatted for display."""
+    out = []
+    for arm in arms:
+        t = (results.get("training") or {}).get(arm)
+        if t is None:
+            continue
+        trainable, total = t.get("trainable_params"), t.get("total_params")
+        params = f"{_fmt(trainable)} / {_fmt(total)}"
+        if trainable is not None and total:
+            params += f" ({100 * trainable / total:.2f}%)"
+        gpu = f"{t.get('gpu_type') or 'none'} x {t.get('gpu_count') or 0}"
+        out.append({
+            "arm": arm, "model": t.get("model") or "", "method": t.get("method") or "",
+            "device": t.get("device") or "n/a", "gpu": gpu, "steps": _fmt(t.get("steps")),
+            "epochs": _fmt(t.get("epochs"), ".2f"), "wall": _duration(t.get("seconds")),
+            "tokens": _fmt(t.get("train_tokens")), "tps": _fmt(t.get("tokens_per_second"), ",.0f"),
+            "gpu_hours": _fmt(t.get("gpu_hours"), ".3f"),
+            "cost": "n/a" if t.get("cost_usd") is None else f"${t['cost_usd']:,.2f}",
+            "params": params, "train_loss": _fmt(t.get("final_train_loss"), ".4f"),
+            "val_loss": _fmt(t.get("final_validation_loss"), ".4f"),
+        })
+    return out
+
+
+TRAINING_FIELDS = [
+    ("model", "Model"), ("method", "Method"), ("device", "Device"), ("gpu", "GPU type x count"),
+    ("steps", "Steps"), ("epochs", "Epochs"), ("wall", "Wall time"), ("tokens", "Train tokens"),
+    ("tps", "Tokens/s"), ("gpu_hours", "GPU hours"), ("cost", "Cost (USD)"), ("params", "Trainable / total params"),
+    ("train_loss", "Final train loss"), ("val_loss", "Final validation loss"),
+]
+
+
+def _loss_svg(results: dict, arms: list[str]) -> str:
+    """The loss curves as an inline SVG string, or "" when no arm has a loss history."""
+    histories = {arm: ((results.get("training") or {}).get(arm) or {}).get("loss_history") or {} for arm in arms}
+    if not any(h.get("train") or h.get("validation") for h in histories.values()):
+        return ""
+    plt.rcParams["svg.hashsalt"] = "bakeoff"
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    try:
+        for i, (arm, hist) in enumerate(histories.items()):
+            color, label = f"C{i % 10}", arm.replace("$", r"\$")
+            train = [p for p in hist.get("train") or [] if p.get("loss") is not None]
+            val = [p for p in hist.get("validation") or [] if p.get("loss") is not None]
+            if train:
+                ax.plot([p["step"] for p in train], [p["loss"] for p in train], "-", color=color,
+                        label=f"{label} train")
+            if val:
+                ax.plot([p["step"] for p in val], [p["loss"] for p in val], "--", color=color,
+                        label=f"{label} validation")
+                best = min(val, key=lambda p: p["loss"])
+                ax.plot([best["step"]], [best["loss"]], "o", color=color, markersize=7,
+                        label=f"{label} lowest validation ({best['loss']:.3f} @ {best['step']})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    finally:
+        plt.close(fig)
+    svg = buf.getvalue()
+    # Keep only the <svg> element, without the RDF metadata and the xlink namespace (no URLs but the SVG one).
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)
+    return svg.replace(' xmlns:xlink="http://www.w3.org/1999/xlink"', "").replace("xlink:href=", "href=")
+
+
+def _samples(results: dict, arms: list[str]) -> list[dict[str, Any]]:
+    """Per arm, up to MAX_SAMPLES_PER_ARM samples: fine-tuned regressions on exact_match first."""
+    out = []
+    for arm in arms:
+        samples = [s for s in results.get("samples") or [] if s.get("arm") == arm]
+        if not samples:
+            continue
+        shown = []
+        for s in samples:
+            scores = s.get("scores") or {}
+            ft = (scores.get("fine-tuned") or {}).get("exact_match")
+            base = (scores.get("base-zero-shot") or {}).get("exact_match")
+            variants = sorted(set(s.get("answers") or {}) | set(scores), key=_variant_key)
+            shown.append({
+                "id": s.get("id") or "", "task": s.get("task") or "", "instruction": s.get("instruction") or "",
+                "input": s.get("input") or "", "reference": s.get("reference") or "",
+                "regressed": ft is not None and base is not None and ft < base,
+                "variants": [{
+                    "name": v, "answer": (s.get("answers") or {}).get(v),
+                    "scores": ", ".join(f"{k}={_fmt(x, '.3g')}" for k, x in (scores.get(v) or {}).items()),
+                    "explanation": (s.get("judge_explanations") or {}).get(v) or "",
+                } for v in variants],
+            })
+        shown.sort(key=lambda x: not x["regressed"])  # stable: regressions first, otherwise original order
+        out.append({"arm": arm, "total": len(samples), "regressed": sum(x["regressed"] for x in shown),
+                    "samples": shown[:MAX_SAMPLES_PER_ARM]})
+    return out
+
+
+def _context(results: dict) -> dict[str, Any]:
+    """Everything the template and the Markdown need, formatted."""
+    experiment = results.get("experiment") or {}
+    metrics = list(results.get("metrics") or [])
+    status = results.get("metric_status") or {}
+    arms = _arms(results)
+    rows = sorted(results.get("rows") or [], key=lambda r: (arms.index(r.get("arm")) if r.get("arm") in arms
+                                                            else len(arms), _variant_key(r.get("variant") or "")))
+    health = []
+    for arm in arms:
+        h = (results.get("health") or {}).get(arm)
+        if h is not None:
+            health.append({"arm": arm, "adapter_applied": h.get("adapter_applied"),
+                           "identical": _fmt(h.get("identical_to_base")), "judge": h.get("judge")})
+    data = results.get("data") or {}
+    return {
+        "name": experiment.get("name") or "unnamed",
+        "description": experiment.get("description") or "",
+        "seed": experiment.get("seed"),
+        "schema_version": results.get("schema_version"),
+        "bakeoff_version": results.get("bakeoff_version") or "n/a",
+        "metrics": metrics,
+        "metric_notes": [(m, status[m]) for m in metrics if status.get(m, "ok") != "ok"],
+        "summary": _summary(results, metrics, status),
+        "rows": [{"arm": r.get("arm", ""), "variant": r.get("variant", ""), "model": r.get("model") or "",
+                  "cells": [_cell((r.get("metrics") or {}).get(m), status.get(m, "ok")) for m in metrics]}
+                 for r in rows],
+        "deltas": _deltas(results, arms, metrics),
+        "training": _training(results, arms),
+        "training_fields": TRAINING_FIELDS,
+        "health": health,
+        "no_adapter": [h["arm"] for h in health if h["adapter_applied"] is False],
+        "data": {k: {name: _fmt(v) for name, v in (data.get(k) or {}).items()}
+                 for k in ("rows_read", "dropped", "rows")},
+        "unused": _fmt(data.get("unused")),
+        "samples": _samples(results, arms),
+        "versions": results.get("versions") or {},
+        "spec_json": json.dumps(experiment.get("spec") or {}, indent=2, default=str),
+    }
+
+
+def render_html(results: dict) -> str:
+    """Render results as one self-contained HTML document (inline CSS and SVG, no external references)."""
+    ctx = _context(results)
+    ctx["loss_svg"] = Markup(_loss_svg(results, _arms(results)))
+    return _ENV.get_template("report.html.j2").render(**ctx)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table; cells are HTML-escaped and pipes and newlines are neutralised."""
+    def cell(text: Any) -> str:
+        return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows] + [""]
+
+
+def render_markdown(results: dict) -> str:
+    """Render the headline content (summary, metrics, training, data, health) as Markdown."""
+    c = _context(results)
+    out = [f"# bakeoff report: {html.escape(c['name'], quote=False)}", ""]
+    out += [f"⚠️ **Adapter probably not applied** for arm `{arm}`: fine-tuned answers equal base answers on every "
+            "sample." for arm in c["no_adapter"]] + ([""] if c["no_adapter"] else [])
+    out += ["## Summary", ""] + _md_table(["Metric", "Best arm (fine-tuned)", "Mean", "ci95"],
+                                          [[s["metric"], s["arm"], s["value"], s["ci"]] for s in c["summary"]])
+
+    def md_cell(x: dict) -> str:
+        return f"{x['mean']} {x['ci']} (n={x['n']}, failures={x['failures']})" if x["ok"] else x["status"]
+    out += ["## Metrics", ""] + _md_table(["Arm", "Variant"] + c["metrics"],
+                                          [[r["arm"], r["variant"]] + [md_cell(x) for x in r["cells"]]
+                                           for r in c["rows"]])
+    out += [f"- `{m}`: {html.escape(note, quote=False)}" for m, note in c["metric_notes"]]
+    out += ["", "Fine-tuned minus base zero-shot:", ""]
+    out += _md_table(["Arm"] + c["metrics"], [[d["arm"]] + d["values"] for d in c["deltas"]])
+    out += ["## Training", ""] + _md_table([""] + [t["arm"] for t in c["training"]],
+                                           [[label] + [t[k] for t in c["training"]] for k, label in TRAINING_FIELDS])
+    out += ["## Data", ""]
+    for key, label in (("rows_read", "Source"), ("dropped", "Dropped reason"), ("rows", "Split")):
+        out += _md_table([label, "Rows"], [[k, v] for k, v in c["data"][key].items()])
+    out += [f"Unused rows: {c['unused']}", "", "## Evaluation health", ""]
+    health_rows = []
+    for h in c["health"]:
+        applied = {True: "yes", False: "NO (adapter probably not applied)"}.get(h["adapter_applied"], "unknown")
+        judge = ", ".join(f"{k}={v}" for k, v in h["judge"].items()) if h["judge"] else "judge not configured"
+        health_rows.append([h["arm"], applied, h["identical"], judge])
+    out += _md_table(["Arm", "Adapter applied", "Identical to base", "Judge"], health_rows)
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def write_report(results: dict, out_dir: str | Path) -> dict[str, Path]:
+    """Write report.html, report.md and results.json into out_dir; return their paths by kind."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"html": out / "report.html", "md": out / "report.md", "results": out / "results.json"}
+    paths["html"].write_text(render_html(results), encoding="utf-8")
+    paths["md"].write_text(render_markdown(results), encoding="utf-8")
+    paths["results"].write_text(json.dumps(results, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    log.info("wrote report to %s", out)
+    return paths

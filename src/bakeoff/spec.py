@@ -1,0 +1,342 @@
+"""The experiment spec: one pydantic model, loaded from YAML, the single source of truth of a run.
+
+Every section is strict (unknown keys are errors) so a misspelt key is reported instead of silently
+ignored. Errors are collected and reported one per line with the key path
+(``arms[1].peft.r: Input should be greater than 0``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
+from bakeoff.errors import SpecError
+
+SLUG = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+VARIANTS = ("fine-tuned", "base-zero-shot", "base-few-shot")
+METRICS = ("exact_match", "judge")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSource(_Strict):
+    """One input: a local JSONL path (relative to the spec file) or a URI, in a known record format."""
+
+    uri: str = Field(min_length=1)
+    format: Literal["alpaca"] = "alpaca"
+
+
+class SplitSpec(_Strict):
+    """Split sizes: absolute counts. Rows left over after the three are not used."""
+
+    train: int = Field(gt=0)
+    validation: int = Field(gt=0)
+    test: int = Field(gt=0)
+
+
+class DataSpec(_Strict):
+    sources: list[DataSource] = Field(min_length=1)
+    template: Literal["llama2-inst"] = "llama2-inst"
+    split: SplitSpec
+
+
+class TrainingSpec(_Strict):
+    """Hyperparameters shared by every arm (the seed paper's Table 2 names)."""
+
+    epochs: float = Field(default=2, gt=0)
+    max_steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
+    batch_size: int = Field(default=4, gt=0)
+    gradient_accumulation_steps: int = Field(default=1, gt=0)
+    learning_rate: float = Field(default=2.5e-5, gt=0)
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_seq_length: int = Field(default=1024, gt=0)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    logging_steps: int = Field(default=10, gt=0)
+    eval_steps: int = Field(default=100, gt=0)
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
+
+
+class PeftSpec(_Strict):
+    """Parameter-efficient fine-tuning settings (the seed paper's Table 1 names)."""
+
+    method: Literal["lora"] = "lora"
+    r: int = Field(default=64, gt=0)
+    alpha: float = Field(default=16, gt=0)
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+# The same keys and constraints as PeftSpec, all optional: what an arm may override.
+PeftOverride = create_model(
+    "PeftOverride",
+    __config__=ConfigDict(extra="forbid", frozen=True),
+    **{n: (f.annotation | None, FieldInfo.merge_field_infos(f, default=None)) for n, f in PeftSpec.model_fields.items()},
+)
+
+
+def _slug(value: str) -> str:
+    if not re.match(SLUG, value):
+        raise ValueError("must be a lowercase name of letters, digits and '-' (at most 63, no leading or trailing '-')")
+    return value
+
+
+class ArmSpec(_Strict):
+    """One contestant: a base model, optionally with its own PEFT settings over the shared ones."""
+
+    name: str
+    model: str = Field(min_length=1, description="hf://org/name[@rev], tiny://FAMILY, s3://bucket/key or a path")
+    peft: PeftOverride = Field(default_factory=PeftOverride, description="keys of `peft` to override for this arm")
+    trust_remote_code: bool = False
+
+    _check_name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
+
+
+class GenerationSpec(_Strict):
+    """Decoding settings, the same for every arm and variant."""
+
+    max_new_tokens: int = Field(default=256, gt=0)
+    batch_size: int = Field(default=16, gt=0)
+    few_shot_k: int = Field(default=3, ge=1)
+
+
+class JudgeSpec(_Strict):
+    """An OpenAI-compatible chat endpoint that grades answers 1-10 against the reference."""
+
+    base_url: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = Field(default=8, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+    timeout_s: float = Field(default=60, gt=0)
+    max_tokens: int = Field(default=512, gt=0)
+
+
+class EvaluationSpec(_Strict):
+    metrics: list[Literal["exact_match", "judge"]] = Field(default_factory=lambda: list(METRICS), min_length=1)
+    judge: JudgeSpec | None = None
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("metrics must be unique")
+        return v
+
+
+class GpuSpec(_Strict):
+    type: Literal["nvidia.com/gpu"] = "nvidia.com/gpu"
+    count: int = Field(default=1, gt=0)
+    product: str = "NVIDIA-A100-SXM4-80GB"
+
+
+class Toleration(_Strict):
+    key: str
+    operator: Literal["Exists", "Equal"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = "NoSchedule"
+
+
+class StageResources(_Strict):
+    """Where and with what one stage runs on the cluster (ignored by the local runner)."""
+
+    gpu: GpuSpec | None = None
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="default with a GPU: nvidia.com/gpu.product = gpu.product"
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, description="default with a GPU: the nvidia.com/gpu NoSchedule taint"
+    )
+    cpu: str | None = None
+    memory: str | None = None
+
+    def effective_node_selector(self) -> dict[str, str]:
+        if self.node_selector is not None:
+            return dict(self.node_selector)
+        return {"nvidia.com/gpu.product": self.gpu.product} if self.gpu else {}
+
+    def effective_tolerations(self) -> list[Toleration]:
+        if self.tolerations is not None:
+            return list(self.tolerations)
+        return [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")] if self.gpu else []
+
+
+class ResourcesSpec(_Strict):
+    prepare: StageResources = StageResources()
+    finetune: StageResources = StageResources(gpu=GpuSpec())
+    generate: StageResources = StageResources(gpu=GpuSpec())
+    evaluate: StageResources = StageResources()
+    report: StageResources = StageResources()
+
+
+class CostSpec(_Strict):
+    gpu_hour_usd: float | None = Field(default=None, ge=0)
+
+
+class ExperimentSpec(_Strict):
+    """A whole bake-off: data, shared hyperparameters, arms, variants, evaluation, resources, cost."""
+
+    name: str
+    description: str = ""
+    seed: int = 42
+    data: DataSpec
+    training: TrainingSpec = TrainingSpec()
+    peft: PeftSpec = PeftSpec()
+    arms: list[ArmSpec] = Field(min_length=1)
+    variants: list[Literal["fine-tuned", "base-zero-shot", "base-few-shot"]] = Field(
+        default_factory=lambda: ["fine-tuned", "base-zero-shot"], min_length=1
+    )
+    generation: GenerationSpec = GenerationSpec()
+    evaluation: EvaluationSpec = EvaluationSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    cost: CostSpec = CostSpec()
+
+    _check_name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentSpec:
+        errors: list[str] = []
+        seen: set[str] = set()
+        for i, arm in enumerate(self.arms):
+            if arm.name in seen:
+                errors.append(f"arms[{i}].name: duplicate arm name {arm.name!r}")
+            seen.add(arm.name)
+        if len(set(self.variants)) != len(self.variants):
+            errors.append("variants: must be unique")
+        if errors:
+            raise SpecError(errors)
+        return self
+
+    def arm(self, name: str) -> ArmSpec:
+        """The arm called ``name``; a spec error listing the arms otherwise."""
+        for arm in self.arms:
+            if arm.name == name:
+                return arm
+        raise SpecError(f"arms: no arm named {name!r}; arms are {', '.join(a.name for a in self.arms)}")
+
+    def arm_peft(self, arm: ArmSpec | str) -> PeftSpec:
+        """The shared PEFT settings with the arm's overrides applied."""
+        arm = self.arm(arm) if isinstance(arm, str) else arm
+        return self.peft.model_copy(update=arm.peft.model_dump(exclude_none=True))
+
+    def to_json(self) -> str:
+        """Canonical JSON (what the pipeline carries between components)."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True)
+
+    def plan(self) -> str:
+        """A human-readable plan: arms x variants x metrics, data and training in one screen."""
+        lines = [f"experiment {self.name} (seed {self.seed})"]
+        src = ", ".join(s.uri for s in self.data.sources)
+        sp = self.data.split
+        lines.append(f"data: {src} | template {self.data.template} | split {sp.train}/{sp.validation}/{sp.test}")
+        t = self.training
+        steps = f"max_steps {t.max_steps}" if t.max_steps else f"epochs {t.epochs:g}"
+        lines.append(
+            f"training: {steps}, batch {t.batch_size}x{t.gradient_accumulation_steps}, lr {t.learning_rate:g}, "
+            f"warmup {t.warmup_ratio:g}, max_seq_length {t.max_seq_length}, precision {t.precision}"
+        )
+        lines.append(f"arms ({len(self.arms)}):")
+        for arm in self.arms:
+            p = self.arm_peft(arm)
+            lines.append(f"  - {arm.name}: {arm.model} | {p.method} r={p.r} alpha={p.alpha:g} dropout={p.dropout:g}")
+        lines.append(f"variants: {', '.join(self.variants)}")
+        metric_notes = []
+        for m in self.evaluation.metrics:
+            if m == "judge" and self.evaluation.judge is None:
+                metric_notes.append("judge (not configured: no evaluation.judge)")
+            elif m == "judge":
+                metric_notes.append(f"judge ({self.evaluation.judge.model} at {self.evaluation.judge.base_url})")
+            else:
+                metric_notes.append(m)
+        lines.append(f"metrics: {', '.join(metric_notes)}")
+        n = len(self.arms) * len(self.variants)
+        lines.append(
+            f"plan: {len(self.arms)} fine-tuning runs, {n} generation runs of {sp.test} test samples, "
+            f"{n * len(self.evaluation.metrics)} arm x variant x metric cells"
+        )
+        return "\n".join(lines)
+
+
+def _key_path(loc: tuple[Any, ...], prefix: str = "") -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "[" in str(part) or "(" in str(part):
+            continue  # a union branch pydantic names (``list[str]``, ``literal['all-linear']``)
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(root)"
+
+
+def format_validation_errors(exc: ValidationError, prefix: str = "") -> list[str]:
+    """One ``key.path: message`` line per pydantic error."""
+    lines = []
+    for err in exc.errors():
+        ctx_err = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_err, SpecError):
+            lines += ctx_err.messages
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the spec)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{_key_path(tuple(err['loc']), prefix)}: {msg}")
+    return lines
+
+
+def parse_spec(data: Any, source: str | None = None) -> ExperimentSpec:
+    """Validate a mapping as an ExperimentSpec; a SpecError lists every problem with its key path."""
+    if not isinstance(data, dict):
+        raise SpecError(f"(root): expected a mapping of keys, got {type(data).__name__}", source)
+    try:
+        return ExperimentSpec.model_validate(data)
+    except SpecError as exc:
+        raise SpecError(exc.messages, source) from None
+    except ValidationError as exc:
+        raise SpecError(format_validation_errors(exc), source) from None
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Load and validate a spec YAML file. Relative local data paths are resolved against its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"cannot read spec: {exc}", str(path)) from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"(root): not valid YAML: {exc}", str(path)) from exc
+    if isinstance(data, dict):
+        data = _resolve_relative_sources(data, path.parent)
+    return parse_spec(data, str(path))
+
+
+def _resolve_relative_sources(data: dict, base: Path) -> dict:
+    sources = (data.get("data") or {}).get("sources") if isinstance(data.get("data"), dict) else None
+    if not isinstance(sources, list):
+        return data
+    fixed = []
+    for src in sources:
+        if isinstance(src, dict) and isinstance(src.get("uri"), str) and "://" not in src["uri"]:
+            p = Path(src["uri"])
+            if not p.is_absolute():
+                src = {**src, "uri": str((base / p).resolve())}
+        fixed.append(src)
+    return {**data, "data": {**data["data"], "sources": fixed}}
+
+
+def spec_from_json(text: str) -> ExperimentSpec:
+    """The inverse of ``ExperimentSpec.to_json`` (what components receive)."""
+    return parse_spec(json.loads(text), "spec_json")

@@ -1,0 +1,5 @@
+"""The finetune stage."""
+
+from bakeoff.train.finetune import TrainResult, finetune
+
+__all__ = ["TrainResult", "finetune"]
