@@ -80,7 +80,10 @@ class PeftSpec(_Strict):
 PeftOverride = create_model(
     "PeftOverride",
     __config__=ConfigDict(extra="forbid", frozen=True),
-    **{n: (f.annotation | None, FieldInfo.merge_field_infos(f, default=None)) for n, f in PeftSpec.model_fields.items()},
+    **{
+        n: (f.annotation | None, FieldInfo.merge_field_infos(f, default=None))
+        for n, f in PeftSpec.model_fields.items()
+    },
 )
 
 

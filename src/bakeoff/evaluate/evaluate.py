@@ -68,7 +68,7 @@ def evaluate(
     if "judge" in evaluation.metrics and evaluation.judge is not None:
         judge = judge or Judge(evaluation.judge)
         question = [_question(r) for r in rows]
-        judgments = judge.judge_many([(q, r["reference"], r["answer"]) for q, r in zip(question, rows)])
+        judgments = judge.judge_many([(q, r["reference"], r["answer"]) for q, r in zip(question, rows, strict=True)])
         for i, j in enumerate(judgments):
             scores[i]["judge"] = j.rating
             explanations[i] = j.explanation or (j.error or "")

@@ -106,12 +106,13 @@ def generate(
             prompts = [few_shot_prompt(template, shots, ex) for ex in test]
         else:
             prompts = [ex["prompt"] for ex in test]
-        ctx = model.disable_adapter() if variant != "fine-tuned" and isinstance(model, PeftModel) else contextlib.nullcontext()
+        base_variant = variant != "fine-tuned" and isinstance(model, PeftModel)
+        ctx = model.disable_adapter() if base_variant else contextlib.nullcontext()
         started = time.perf_counter()
         with ctx:
             answers = batched_greedy(model, tokenizer, prompts, generation.max_new_tokens, generation.batch_size)
         timing[variant] = round(time.perf_counter() - started, 3)
-        for ex, ans in zip(test, answers):
+        for ex, ans in zip(test, answers, strict=True):
             rows.append({"id": ex["id"], "variant": variant, "instruction": ex["instruction"], "input": ex["input"],
                          "reference": ex["reference"], **({"task": ex["task"]} if "task" in ex else {}), **ans})
         log.info("arm %s, %s: %d answers in %.1f s", arm.name, variant, len(answers), timing[variant])

@@ -49,7 +49,9 @@ def resolve_model(uri: str) -> ResolvedModel:
             raise ModelError(f"model {uri}: {exc}") from exc
         return ResolvedModel(uri, str(path))
     if "://" in uri:
-        raise ModelError(f"model {uri}: unknown scheme; use hf://org/name[@rev], s3://bucket/key, tiny://FAMILY or a path")
+        raise ModelError(
+            f"model {uri}: unknown scheme; use hf://org/name[@rev], s3://bucket/key, tiny://FAMILY or a path"
+        )
     path = Path(uri)
     if not (path / "config.json").is_file():
         raise ModelError(f"model {uri}: no config.json in this folder (expected a saved Hugging Face model)")

@@ -92,7 +92,9 @@ def _loss_callback(history: dict[str, list[dict[str, float]]], tokens: list[int]
             logs = logs or {}
             step = int(state.global_step)
             if "loss" in logs:
-                history["train"].append({"step": step, "loss": float(logs["loss"]), "epoch": float(logs.get("epoch", 0))})
+                history["train"].append(
+                    {"step": step, "loss": float(logs["loss"]), "epoch": float(logs.get("epoch", 0))}
+                )
             if "eval_loss" in logs:
                 history["validation"].append({"step": step, "loss": float(logs["eval_loss"]),
                                               "epoch": float(logs.get("epoch", 0))})
