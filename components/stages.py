@@ -48,9 +48,12 @@ def generate(spec_json: str, arm: str, data: Input[Dataset], model: Input[Model]
 @dsl.component(base_image=image_for("evaluate"), install_kfp_package=False)
 def evaluate(spec_json: str, arm: str, generations: Input[Dataset], scores: Output[Dataset], metrics: Output[Metrics]):
     """Score one arm's answers; per-sample scores and the per-variant summary go to ``scores``."""
+    import logging
+
     from bakeoff.evaluate import evaluate as run
     from bakeoff.spec import spec_from_json
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per judge request otherwise
     spec = spec_from_json(spec_json)
     result = run(arm, spec.evaluation, generations.path, scores.path, seed=spec.seed)
     for variant, cells in result["metrics"].items():

@@ -20,7 +20,7 @@ import time
 import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from bakeoff.errors import EvaluationError
@@ -93,7 +93,8 @@ class JudgeStats:
                 setattr(self, key, getattr(self, key) + value)
 
     def to_dict(self) -> dict[str, int]:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        # Not asdict(): it deep-copies every field, and a lock cannot be copied.
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
 
 
 class Judge:
@@ -206,7 +207,7 @@ class Judge:
                 f"judge endpoint {self.spec.base_url} rejected the API key ({exc}); set {self.spec.api_key_env}"
             ) from exc
         except openai.APIStatusError as exc:
-            if exc.status_code < 500:  # a wrong model name or request shape fails every call alike
+            if exc.status_code < 500 and exc.status_code != 429:  # a wrong model or request shape fails every call
                 raise EvaluationError(
                     f"judge endpoint {self.spec.base_url} refused the request ({exc.status_code}: {exc.message}); "
                     f"check evaluation.judge.model ({self.spec.model!r})"

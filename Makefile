@@ -1,0 +1,43 @@
+# bakeoff: the two commands a fresh machine needs are `make pipeline` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+EXPERIMENT ?= experiments/smoke.yaml
+KFP_HOST ?=
+# Pinned so pip takes the CPU wheel here; a bare `torch` requirement can pull a multi-GB CUDA build.
+TORCH_VERSION ?= 2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: venv pipeline test test-fast compile lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch==$(TORCH_VERSION)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $@
+
+## pipeline: run EXPERIMENT (default: the offline smoke bake-off) locally; with KFP_HOST set, submit it
+pipeline: $(STAMP)
+	$(BIN)/bakeoff run $(EXPERIMENT) $(if $(KFP_HOST),--host $(KFP_HOST))
+
+## test: the whole suite, end-to-end pipeline run included
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+## test-fast: the suite without the end-to-end pipeline run
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+## compile: write the KFP YAML of EXPERIMENT to build/<name>.yaml
+compile: $(STAMP)
+	@mkdir -p build
+	$(BIN)/bakeoff compile $(EXPERIMENT) -o build/$(notdir $(basename $(EXPERIMENT))).yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check src components pipelines tests
+
+clean:
+	rm -rf build runs .pytest_cache .ruff_cache

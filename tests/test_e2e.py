@@ -1,0 +1,101 @@
+"""The whole smoke bake-off through KFP's local runner, with a judge on loopback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from bakeoff_pipelines import run_local
+from judge_stub import GradingJudge
+
+from bakeoff.spec import parse_spec
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    from conftest import ROOT
+
+    from bakeoff.spec import load_spec
+
+    out = tmp_path_factory.mktemp("smoke-run")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("BAKEOFF_CACHE", str(out / "cache"))
+    mp.setenv("JUDGE_API_KEY", "test-key")
+    try:
+        with GradingJudge() as judge:
+            data = load_spec(ROOT / "experiments" / "smoke.yaml").model_dump(mode="json")
+            judge_spec = {"base_url": judge.base_url, "model": "grader", "api_key_env": "JUDGE_API_KEY"}
+            data["evaluation"]["judge"] = judge_spec
+            spec = parse_spec(data)
+            paths = run_local(spec, out / "run")
+            calls = judge.requests
+    finally:
+        mp.undo()
+    return spec, paths, json.loads(paths["results"].read_text()), calls
+
+
+def _cell(results, arm, variant, metric):
+    row = next(r for r in results["rows"] if r["arm"] == arm and r["variant"] == variant)
+    return row["metrics"][metric]
+
+
+def test_report_files_written(smoke_run):
+    _, paths, _, _ = smoke_run
+    assert set(paths) == {"html", "markdown", "results"}
+    for path in paths.values():
+        assert path.stat().st_size > 0
+
+
+def test_both_arms_fine_tuned_and_base(smoke_run):
+    spec, _, results, _ = smoke_run
+    pairs = {(r["arm"], r["variant"]) for r in results["rows"]}
+    for arm in ("tiny-llama", "tiny-mixtral"):
+        assert {(arm, v) for v in spec.variants} <= pairs
+    assert results["schema_version"] == 1
+    assert list(results["training"]) == ["tiny-llama", "tiny-mixtral"]
+
+
+def test_fine_tuned_beats_base_on_exact_match(smoke_run):
+    _, _, results, _ = smoke_run
+    for arm in ("tiny-llama", "tiny-mixtral"):
+        tuned = _cell(results, arm, "fine-tuned", "exact_match")
+        base = _cell(results, arm, "base-zero-shot", "exact_match")
+        assert tuned["n"] == 100 and tuned["failures"] == 0
+        assert tuned["mean"] > base["mean"], (arm, tuned, base)
+        assert tuned["ci95"][0] <= tuned["mean"] <= tuned["ci95"][1]
+        assert results["health"][arm]["adapter_applied"] is True
+
+
+def test_judge_scored_every_answer(smoke_run):
+    spec, _, results, calls = smoke_run
+    # 2 arms x 3 variants x 100 answers; identical answers to the same question share one cached call.
+    assert 0 < calls <= 600
+    for arm in ("tiny-llama", "tiny-mixtral"):
+        tuned = _cell(results, arm, "fine-tuned", "judge")
+        base = _cell(results, arm, "base-zero-shot", "judge")
+        assert tuned["n"] == 100 and tuned["failures"] == 0
+        assert 1 <= base["mean"] < tuned["mean"] <= 10
+        assert results["health"][arm]["judge"]["parse_failures"] == 0
+
+
+def test_loss_history_has_train_and_validation_points(smoke_run):
+    _, _, results, _ = smoke_run
+    for record in results["training"].values():
+        history = record["loss_history"]
+        assert len(history["train"]) >= 10 and len(history["validation"]) >= 3
+        assert history["validation"][-1]["step"] == record["steps"]
+        assert history["train"][-1]["loss"] < history["train"][0]["loss"]
+        assert record["seconds"] > 0 and record["train_tokens"] > 0
+
+
+def test_report_content(smoke_run):
+    _, paths, results, _ = smoke_run
+    html = paths["html"].read_text()
+    for needle in ("tiny-llama", "tiny-mixtral", "fine-tuned", "base-zero-shot", "exact_match", "judge", "<svg"):
+        assert needle in html
+    tuned = _cell(results, "tiny-mixtral", "fine-tuned", "exact_match")["mean"]
+    assert f"{tuned:.3f}" in html
+    md = paths["markdown"].read_text()
+    assert "| tiny-llama | fine-tuned |" in md and "| tiny-mixtral | base-zero-shot |" in md
