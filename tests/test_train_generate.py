@@ -49,6 +49,7 @@ def test_finetune_records_losses_time_and_adapter(trained):
     assert (root / "model" / "adapter" / "adapter_model.safetensors").is_file()
     saved = json.loads((root / "model" / "training.json").read_text())
     assert saved["loss_history"] == result.loss_history and saved["arm"] == "tiny-llama"
+    assert json.loads((root / "model" / "loss_history.json").read_text()) == result.loss_history
     assert set(result.metrics()) >= {"seconds", "steps", "final_validation_loss"}
 
 

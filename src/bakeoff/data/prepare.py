@@ -162,7 +162,8 @@ def prepare_data(data: DataSpec, seed: int, out_dir: str | Path) -> PrepareResul
                 fh.write(json.dumps(ex, ensure_ascii=False, sort_keys=True) + "\n")
         files[name] = path.name
     result = PrepareResult(str(out), rows_read, dropped, sizes, unused=len(examples) - need, files=files)
-    (out / "stats.json").write_text(json.dumps(result.to_dict(), indent=2, sort_keys=True) + "\n")
+    stats = {k: v for k, v in result.to_dict().items() if k != "out_dir"}  # the same bytes wherever it is written
+    (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
     log.info("prepared %s", sizes)
     return result
 

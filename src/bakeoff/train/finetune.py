@@ -1,6 +1,7 @@
 """The finetune stage: LoRA through peft + TRL's SFTTrainer, on CPU or GPU.
 
-Output folder: ``adapter/`` (the PEFT adapter and the tokenizer) and ``training.json`` (the arm,
+Output folder: ``adapter/`` (the PEFT adapter and the tokenizer), ``loss_history.json`` and
+``training.json`` (the arm,
 wall time, steps, trained tokens, device, GPU-hours, cost and the loss history: train loss at every
 logging step, validation loss at every evaluation).
 """
@@ -215,6 +216,7 @@ def finetune(
                          "warmup_steps": math.ceil(training.warmup_ratio * steps)},
     )
     (out / "training.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    (out / "loss_history.json").write_text(json.dumps(history, indent=2) + "\n")
     log.info("arm %s: %d steps in %.1f s, final validation loss %s", arm.name, steps, seconds,
              result.final_validation_loss)
     return result
