@@ -7,6 +7,7 @@ The spec itself travels as the ``spec_json`` parameter (editable in the Kubeflow
 """
 
 
+import builtins
 import logging
 import os
 import shutil
@@ -93,7 +94,13 @@ def run_local(spec: ExperimentSpec, out_dir: str | Path) -> dict[str, Path]:
         log.info("local run: %d arm(s) in parallel, OMP_NUM_THREADS=%d per task", len(spec.arms), threads)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"), raise_on_error=True)
     started = time.perf_counter()
-    task = build_pipeline(spec)()
+    # kfp.local indents task logs by swapping builtins.print; with the arms' tasks in parallel threads
+    # the swaps interleave and an indenting print can be left installed. Put it back as it was.
+    original_print = builtins.print
+    try:
+        task = build_pipeline(spec)()
+    finally:
+        builtins.print = original_print
     paths = {}
     for key, name in (("html", "report.html"), ("markdown", "report.md"), ("results", "results.json")):
         target = out / name

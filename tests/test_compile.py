@@ -64,3 +64,27 @@ def test_pipeline_shape(tmp_path, smoke_spec):
     assert parse_spec(yaml.safe_load(default)).name == "smoke"
     # Images come from one place and follow the package version.
     assert _executor(pipeline, "finetune")["image"].endswith("/bakeoff-finetune:0.1.0")
+
+
+def test_run_with_host_submits_the_compiled_pipeline(monkeypatch, capsys):
+    import kfp
+
+    seen = {}
+
+    class FakeClient:
+        def __init__(self, host):
+            seen["host"] = host
+
+        def create_run_from_pipeline_package(self, package, arguments, run_name, experiment_name):
+            seen["pipeline"] = list(yaml.safe_load_all(open(package).read()))[0]["pipelineInfo"]["name"]
+            seen["experiment"] = experiment_name
+
+            class Run:
+                run_id = "run-123"
+
+            return Run()
+
+    monkeypatch.setattr(kfp, "Client", FakeClient)
+    assert main(["run", "experiments/smoke.yaml", "--host", "http://kfp.example:8888"]) == 0
+    assert seen == {"host": "http://kfp.example:8888", "pipeline": "bakeoff-smoke", "experiment": "bakeoff-smoke"}
+    assert "submitted run run-123" in capsys.readouterr().out
