@@ -13,11 +13,11 @@ from bakeoff.images import image_for
 @dsl.component(base_image=image_for("prepare"), install_kfp_package=False)
 def prepare_data(spec_json: str, data: Output[Dataset]):
     """Read, check, template and split the spec's data into train / validation / test."""
-    from bakeoff.data.prepare import prepare_data as run
+    from bakeoff.data.prepare import prepare_for_arms
     from bakeoff.spec import spec_from_json
 
     spec = spec_from_json(spec_json)
-    run(spec.data, spec.seed, data.path)
+    prepare_for_arms(spec.data, [arm.model for arm in spec.arms], spec.seed, data.path)
 
 
 @dsl.component(base_image=image_for("finetune"), install_kfp_package=False)

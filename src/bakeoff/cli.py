@@ -58,10 +58,10 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_prepare(args) -> int:
-    from bakeoff.data.prepare import prepare_data
+    from bakeoff.data.prepare import prepare_for_arms
 
     spec = load_spec(args.spec)
-    result = prepare_data(spec.data, spec.seed, args.out)
+    result = prepare_for_arms(spec.data, [arm.model for arm in spec.arms], spec.seed, args.out)
     print(json.dumps(result.rows))
     return 0
 
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth-data", help="write the synthetic instruction set the smoke experiment uses")
     s.add_argument("output")
-    s.add_argument("--n", type=int, default=1500)
+    s.add_argument("--n", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_synth_data)
     return p

@@ -8,12 +8,22 @@ ignored. Errors are collected and reported one per line with the key path
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from bakeoff.errors import SpecError
@@ -28,24 +38,101 @@ class _Strict(BaseModel):
 
 
 class DataSource(_Strict):
-    """One input: a local JSONL path (relative to the spec file) or a URI, in a known record format."""
+    """One input: a local file or a URI, in a known record format, with optional column names.
+
+    Local files and ``s3://`` objects are read by suffix: ``.jsonl`` (one object per line), ``.json``
+    (an array of objects), ``.csv`` (a header row) and ``.parquet``; ``hf://`` goes through ``datasets``.
+    ``fields`` maps the format's canonical names (``FORMAT_FIELDS``) to the file's column names, e.g.
+    ``{format: prompt-response, fields: {prompt: question, response: answer}}``.
+    """
+
+    FORMAT_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "alpaca": ("instruction", "input", "output"),
+        "prompt-response": ("prompt", "response"),
+        "sql-create-context": ("question", "context", "answer"),
+        "viggo": ("target", "meaning_representation"),
+        "chat": ("messages",),
+    }
 
     uri: str = Field(min_length=1)
-    format: Literal["alpaca"] = "alpaca"
+    format: Literal["alpaca", "prompt-response", "sql-create-context", "viggo", "chat"] = "alpaca"
+    fields: dict[str, str] | None = Field(default=None, description="canonical field name -> column name in the file")
+
+    @model_validator(mode="after")
+    def _known_fields(self) -> DataSource:
+        known = self.FORMAT_FIELDS[self.format]
+        unknown = sorted(set(self.fields or {}) - set(known))
+        if unknown:
+            raise ValueError(f"fields: {', '.join(map(repr, unknown))} not a field of the {self.format} format "
+                             f"(its fields: {', '.join(known)})")
+        return self
 
 
 class SplitSpec(_Strict):
-    """Split sizes: absolute counts. Rows left over after the three are not used."""
+    """Split sizes: all absolute counts (ints) or all fractions of the usable rows (floats in (0, 1]).
 
-    train: int = Field(gt=0)
-    validation: int = Field(gt=0)
-    test: int = Field(gt=0)
+    Fractions are rounded down and must sum to at most 1. Rows left over after the three are not used.
+    """
+
+    # typed float so a bad value gets one error; the wrap validator below keeps an int an int
+    train: float
+    validation: float
+    test: float
+
+    @field_validator("train", "validation", "test", mode="wrap")
+    @classmethod
+    def _positive(cls, v: Any, handler: Any) -> int | float:
+        # an int stays a count; anything else is validated as a number (one error, no union branches)
+        v = v if isinstance(v, int) and not isinstance(v, bool) else float(handler(v))
+        if v <= 0:
+            raise ValueError("Input should be greater than 0")
+        return v
+
+    @field_serializer("train", "validation", "test")
+    def _keep_kind(self, v: int | float) -> int | float:
+        return v  # a count dumps as an int, not as the float the annotation says
+
+    @model_validator(mode="after")
+    def _same_kind(self) -> SplitSpec:
+        values = (self.train, self.validation, self.test)
+        kinds = {isinstance(v, float) for v in values}
+        if len(kinds) > 1:
+            raise ValueError("train, validation and test must all be counts (integers) or all fractions "
+                             f"(floats in (0, 1]); got {self.train!r}/{self.validation!r}/{self.test!r}")
+        if self.is_fraction:
+            if any(v > 1 for v in values):
+                raise ValueError("a fraction must be in (0, 1]")
+            if sum(values) > 1 + 1e-9:
+                raise ValueError(f"fractions sum to {sum(values):g}, more than 1")
+        return self
+
+    @property
+    def is_fraction(self) -> bool:
+        """Whether the sizes are fractions of the usable rows rather than counts."""
+        return isinstance(self.train, float)
+
+    def sizes(self, usable: int) -> dict[str, int]:
+        """Rows per split for ``usable`` rows: the counts, or each fraction of ``usable`` rounded down."""
+        values = {"train": self.train, "validation": self.validation, "test": self.test}
+        if not self.is_fraction:
+            return dict(values)
+        return {k: math.floor(v * usable + 1e-9) for k, v in values.items()}
 
 
 class DataSpec(_Strict):
+    """Where the examples come from, how they are checked and filtered, and how they are split."""
+
     sources: list[DataSource] = Field(min_length=1)
     template: Literal["llama2-inst"] = "llama2-inst"
     split: SplitSpec
+    on_error: Literal["fail", "skip"] = Field(
+        default="fail", description="skip: malformed rows are counted (dropped.malformed) and logged, not fatal"
+    )
+    dedupe: bool = Field(default=True, description="drop exact and normalised duplicate records")
+    max_instruction_tokens: int | None = Field(
+        default=None, gt=0, description="drop records whose templated prompt is longer (tokens, else words)"
+    )
+    remove_leakage: bool = Field(default=True, description="remove test examples whose prompt occurs in train")
 
 
 class TrainingSpec(_Strict):

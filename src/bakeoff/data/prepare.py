@@ -1,17 +1,38 @@
-"""The prepare stage: read the sources, check every record, apply the template, split by seed.
+"""The prepare stage: read the sources, check every record, filter, apply the template, split by seed.
+
+Sources are read by suffix (``.jsonl``, ``.json`` array, ``.csv``, ``.parquet``; ``s3://`` prefixes the
+same) or from the Hub (``hf://``), and each record is mapped from its format (``alpaca``,
+``prompt-response``, ``sql-create-context``, ``viggo``, ``chat``) to (instruction, input, output).
+A malformed row is a DataError naming ``file:row`` and the field, or, with ``on_error: skip``, is
+counted as ``dropped.malformed`` and logged. Then, in order: empty instructions or responses, exact
+duplicates (same instruction, input and output), normalised duplicates (the same after lowercasing,
+collapsing whitespace and stripping punctuation at the ends) and prompts over
+``max_instruction_tokens`` are dropped; the first occurrence of a duplicate is kept. After the
+seeded shuffle and split, test examples whose normalised prompt also occurs in train are counted
+(``leakage.test_in_train``) and, with ``remove_leakage``, replaced by unused rows that do not leak
+(or just removed when none are left).
 
 Output folder: ``train.jsonl``, ``validation.jsonl``, ``test.jsonl`` (one example per line:
-``id``, ``prompt``, ``completion``, ``instruction``, ``input``, ``reference``, ``source``) and
-``stats.json`` (rows read per source, dropped per reason, rows per split).
+``id``, ``prompt``, ``completion``, ``instruction``, ``input``, ``reference``, ``source`` [, ``task``])
+and ``stats.json``: rows read per source, dropped per reason (``empty_instruction`` and
+``empty_response`` always, other reasons once counted), rows per split, ``unused``, ``leakage``,
+``token_count`` (what a token is: ``words`` or the first tokenizer's name) and ``token_lengths``
+per split: ``{"train": {"prompt": {"p50", "p90", "p99", "max"}, "response": {...}}, ...}``, the
+templated prompt and the reference answer, nearest-rank percentiles.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
+import math
 import random
+import re
+import string
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +45,10 @@ from bakeoff.storage import download_s3_prefix, parse_hf_uri
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+VIGGO_INSTRUCTION = (
+    "Write the meaning representation (dialogue act and attribute slots) of this sentence about a video game:"
+)
 
 
 @dataclass
@@ -36,12 +61,24 @@ class PrepareResult:
     rows: dict[str, int]
     unused: int = 0
     files: dict[str, str] = field(default_factory=dict)
+    leakage: dict[str, int] = field(default_factory=dict)
+    token_count: str = "words"
+    token_lengths: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _read_jsonl(path: Path, label: str) -> list[tuple[int, Any]]:
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def _fail_or_collect(message: str, malformed: list[str] | None, exc: Exception | None = None) -> None:
+    if malformed is None:
+        raise DataError(message) from exc
+    malformed.append(message)
+
+
+def _read_jsonl(path: Path, label: str, malformed: list[str] | None = None) -> list[tuple[int, Any]]:
     rows = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -50,12 +87,47 @@ def _read_jsonl(path: Path, label: str) -> list[tuple[int, Any]]:
             try:
                 rows.append((lineno, json.loads(line)))
             except json.JSONDecodeError as exc:
-                raise DataError(f"{label}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+                _fail_or_collect(f"{label}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})", malformed, exc)
     return rows
 
 
-def read_source(source: DataSource) -> list[tuple[str, dict]]:
-    """Rows of one source as (``file:row`` label, record). Local JSONL, ``s3://`` JSONL, or ``hf://``."""
+def _read_file(path: Path, label: str, malformed: list[str] | None = None) -> list[tuple[int, Any]]:
+    """(row, record) pairs of one file by suffix; rows are 1-based lines (JSONL) or record numbers.
+
+    A ``.json`` file is a JSON array of objects; one that does not start with ``[`` is read as JSONL.
+    CSV rows are numbered from 1 after the header; every CSV value is a string.
+    """
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return _read_jsonl(path, label, malformed)
+    if suffix == ".json":
+        text = path.read_text(encoding="utf-8")
+        if not text.lstrip().startswith("["):
+            return _read_jsonl(path, label, malformed)
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{label}: not a valid JSON array ({exc.msg} at line {exc.lineno})") from exc
+        return list(enumerate(records, start=1))
+    if suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            return list(enumerate(csv.DictReader(fh), start=1))
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            raise DataError(f"{label}: not a readable Parquet file ({exc})") from exc
+        return list(enumerate(table.to_pylist(), start=1))
+    raise DataError(f"{label}: unsupported file type {suffix or '(none)'}; files read: {', '.join(SUFFIXES)}")
+
+
+def read_source(source: DataSource, malformed: list[str] | None = None) -> list[tuple[str, Any]]:
+    """Rows of one source as (``file:row`` label, record): a local file, every data file under ``s3://``, or ``hf://``.
+
+    With a ``malformed`` list, unparseable JSONL lines are appended to it as messages instead of raising.
+    """
     uri = source.uri
     if uri.startswith("hf://"):
         return _read_hub(uri)
@@ -66,18 +138,19 @@ def read_source(source: DataSource) -> list[tuple[str, dict]]:
             except StorageError as exc:
                 raise DataError(f"data source {uri}: {exc}") from exc
             out = []
-            for path in sorted(Path(tmp).rglob("*.jsonl")):
+            for path in sorted(p for p in Path(tmp).rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()):
                 rel = path.relative_to(tmp).as_posix()
-                out += [(f"{uri.rstrip('/')}/{rel}:{n}", r) for n, r in _read_jsonl(path, f"{uri}/{rel}")]
+                label = f"{uri.rstrip('/')}/{rel}"
+                out += [(f"{label}:{n}", r) for n, r in _read_file(path, label, malformed)]
             if not out:
-                raise DataError(f"data source {uri}: no .jsonl objects found")
+                raise DataError(f"data source {uri}: no {', '.join(SUFFIXES)} objects with rows found")
             return out
     path = Path(uri)
     if not path.is_file():
         raise DataError(f"data source {uri}: file not found")
-    if path.suffix not in (".jsonl", ".json"):
-        raise DataError(f"data source {uri}: only JSONL files are read (one JSON object per line)")
-    return [(f"{uri}:{n}", r) for n, r in _read_jsonl(path, uri)]
+    if path.suffix.lower() not in SUFFIXES:
+        raise DataError(f"data source {uri}: unsupported file type; files read: {', '.join(SUFFIXES)}")
+    return [(f"{uri}:{n}", r) for n, r in _read_file(path, uri, malformed)]
 
 
 def _read_hub(uri: str) -> list[tuple[str, dict]]:
@@ -97,36 +170,139 @@ def _read_hub(uri: str) -> list[tuple[str, dict]]:
     return [(f"{uri}:{i + 1}", dict(r)) for i, r in enumerate(ds)]
 
 
-def check_alpaca(label: str, record: Any) -> tuple[str, str, str]:
-    """(instruction, input, output) of an alpaca record; a DataError names the row and field."""
+# --- record formats --------------------------------------------------------------------------------
+
+
+def _field(label: str, record: dict, name: str, fields: dict[str, str], required: bool, fmt: str) -> str:
+    """The string in canonical field ``name`` (under its mapped column); '' when optional and absent."""
+    column = fields.get(name, name)
+    where = f"field '{column}'" + (f" (the {fmt} '{name}')" if column != name else "")
+    value = record.get(column)
+    if value is None:
+        if required:
+            raise DataError(f"{label}: {where} is missing")
+        return ""
+    if not isinstance(value, str):
+        raise DataError(f"{label}: {where} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _chat(label: str, record: dict, column: str) -> tuple[str, str, str]:
+    """The last assistant message is the output, the last user message before it the instruction.
+
+    System messages and earlier turns are ignored. A CSV cell holding the messages as JSON is parsed.
+    """
+    messages = record.get(column)
+    if isinstance(messages, str):
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{label}: field '{column}' is a string but not a JSON list of messages") from exc
+    if messages is None:
+        raise DataError(f"{label}: field '{column}' is missing")
+    if not isinstance(messages, list):
+        raise DataError(f"{label}: field '{column}' must be a list of messages, got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+            raise DataError(f"{label}: field '{column}'[{i}] must be an object with string 'role' and 'content'")
+    last = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "assistant"), None)
+    if last is None:
+        raise DataError(f"{label}: field '{column}' has no assistant message")
+    user = next((m for m in reversed(messages[:last]) if m["role"] == "user"), None)
+    if user is None:
+        raise DataError(f"{label}: field '{column}' has no user message before the last assistant message")
+    return user["content"], "", messages[last]["content"]
+
+
+def extract_record(label: str, record: Any, fmt: str = "alpaca", fields: dict[str, str] | None = None
+                   ) -> tuple[str, str, str]:
+    """(instruction, input, output) of one record in format ``fmt``; a DataError names the row and field.
+
+    ``fields`` maps the format's canonical names to the record's keys. prompt-response: prompt ->
+    instruction, response -> output; sql-create-context: question -> instruction, context -> input,
+    answer -> output; viggo: a fixed request followed by the ``target`` sentence -> instruction,
+    ``meaning_representation`` -> output; chat: see ``_chat``.
+    """
     if not isinstance(record, dict):
         raise DataError(f"{label}: expected a JSON object, got {type(record).__name__}")
-    values = []
-    for key, required in (("instruction", True), ("input", False), ("output", True)):
-        if key not in record or record[key] is None:
-            if required:
-                raise DataError(f"{label}: field '{key}' is missing")
-            values.append("")
-            continue
-        if not isinstance(record[key], str):
-            raise DataError(f"{label}: field '{key}' must be a string, got {type(record[key]).__name__}")
-        values.append(record[key])
-    return values[0], values[1], values[2]
+    fields = fields or {}
+    if fmt == "alpaca":
+        return (_field(label, record, "instruction", fields, True, fmt),
+                _field(label, record, "input", fields, False, fmt),
+                _field(label, record, "output", fields, True, fmt))
+    if fmt == "prompt-response":
+        return (_field(label, record, "prompt", fields, True, fmt), "",
+                _field(label, record, "response", fields, True, fmt))
+    if fmt == "sql-create-context":
+        return (_field(label, record, "question", fields, True, fmt),
+                _field(label, record, "context", fields, False, fmt),
+                _field(label, record, "answer", fields, True, fmt))
+    if fmt == "viggo":
+        sentence = _field(label, record, "target", fields, True, fmt)
+        mr = _field(label, record, "meaning_representation", fields, True, fmt)
+        return (f"{VIGGO_INSTRUCTION}\n{sentence.strip()}" if sentence.strip() else "", "", mr)
+    if fmt == "chat":
+        return _chat(label, record, fields.get("messages", "messages"))
+    raise DataError(f"{label}: unknown record format {fmt!r}")
 
 
-def prepare_data(data: DataSpec, seed: int, out_dir: str | Path) -> PrepareResult:
-    """Read, check, template and split ``data`` into ``out_dir``; same inputs and seed, same bytes."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    template = get_template(data.template)
+def check_alpaca(label: str, record: Any) -> tuple[str, str, str]:
+    """(instruction, input, output) of an alpaca record; a DataError names the row and field."""
+    return extract_record(label, record, "alpaca")
+
+
+# --- filtering and statistics ----------------------------------------------------------------------
+
+
+def normalise(text: str) -> str:
+    """Lowercase, whitespace runs collapsed to one space, punctuation and spaces stripped at both ends."""
+    return re.sub(r"\s+", " ", text.lower()).strip(string.punctuation + " ")
+
+
+def token_counter(tokenizer: Any | None) -> Callable[[str], int]:
+    """Tokens in a text with ``tokenizer`` (``tok(text)["input_ids"]`` or ``tok.encode(text)``), else words."""
+    if tokenizer is None:
+        return lambda text: len(text.split())
+    if callable(tokenizer):
+        return lambda text: len(tokenizer(text)["input_ids"])
+    if hasattr(tokenizer, "encode"):
+        return lambda text: len(tokenizer.encode(text))
+    raise TypeError(f"{type(tokenizer).__name__}: a tokenizer must be callable or have .encode")
+
+
+def percentiles(values: Sequence[int]) -> dict[str, int]:
+    """Nearest-rank p50, p90, p99 and the max of ``values``; zeros when empty."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"p50": 0, "p90": 0, "p99": 0, "max": 0}
+    rank = {p: ordered[max(1, math.ceil(p / 100 * len(ordered))) - 1] for p in (50, 90, 99)}
+    return {"p50": rank[50], "p90": rank[90], "p99": rank[99], "max": ordered[-1]}
+
+
+def _tokenizer_name(tokenizer: Any) -> str:
+    return str(getattr(tokenizer, "name_or_path", None) or getattr(tokenizer, "name", None) or type(tokenizer).__name__)
+
+
+# --- the stage -------------------------------------------------------------------------------------
+
+
+def _read_examples(data: DataSpec, template, dropped: dict[str, int]) -> tuple[dict[str, int], list[dict]]:
+    """Every usable example of every source in source order; malformed and empty rows counted in ``dropped``."""
+    skip = data.on_error == "skip"
     rows_read: dict[str, int] = {}
-    dropped = {"empty_instruction": 0, "empty_response": 0}
     examples = []
     for source in data.sources:
-        rows = read_source(source)
-        rows_read[source.uri] = len(rows)
+        malformed: list[str] | None = [] if skip else None
+        rows = read_source(source, malformed)
+        rows_read[source.uri] = len(rows) + len(malformed or [])
         for label, record in rows:
-            instruction, input_text, output = check_alpaca(label, record)
+            try:
+                instruction, input_text, output = extract_record(label, record, source.format, source.fields)
+            except DataError as exc:
+                if not skip:
+                    raise
+                malformed.append(str(exc))
+                continue
             if not instruction.strip():
                 dropped["empty_instruction"] += 1
                 continue
@@ -144,27 +320,102 @@ def prepare_data(data: DataSpec, seed: int, out_dir: str | Path) -> PrepareResul
                 "source": label,
                 **({"task": record["task"]} if isinstance(record.get("task"), str) else {}),
             })
-    need = data.split.train + data.split.validation + data.split.test
-    if len(examples) < need:
+        for message in malformed or []:
+            log.warning("skipped malformed row %s", message)
+            dropped["malformed"] = dropped.get("malformed", 0) + 1
+    return rows_read, examples
+
+
+def _dedupe(examples: list[dict], dropped: dict[str, int]) -> list[dict]:
+    exact: set[tuple[str, str, str]] = set()
+    loose: set[tuple[str, str, str]] = set()
+    kept = []
+    for ex in examples:
+        key = (ex["instruction"], ex["input"], ex["reference"])
+        norm = tuple(normalise(x) for x in key)
+        if key in exact:
+            dropped["duplicate_exact"] = dropped.get("duplicate_exact", 0) + 1
+        elif norm in loose:
+            dropped["duplicate_normalised"] = dropped.get("duplicate_normalised", 0) + 1
+        else:
+            kept.append(ex)
+        exact.add(key)
+        loose.add(norm)
+    return kept
+
+
+def prepare_data(data: DataSpec, seed: int, out_dir: str | Path, *, tokenizers: Sequence[Any] = ()) -> PrepareResult:
+    """Read, check, filter, template and split ``data`` into ``out_dir``; same inputs and seed, same bytes.
+
+    ``tokenizers`` are loaded tokenizer objects: a prompt is too long when any of them counts more than
+    ``data.max_instruction_tokens``; the first one measures ``token_lengths``. Without any, words are counted.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    template = get_template(data.template)
+    dropped = {"empty_instruction": 0, "empty_response": 0}
+    rows_read, examples = _read_examples(data, template, dropped)
+    if data.dedupe:
+        examples = _dedupe(examples, dropped)
+    counters = [token_counter(t) for t in tokenizers] or [token_counter(None)]
+    token_count = _tokenizer_name(tokenizers[0]) if tokenizers else "words"
+    if data.max_instruction_tokens is not None:
+        if not tokenizers:
+            log.warning("data.max_instruction_tokens: no tokenizer given, so prompt length is counted in words")
+        before = len(examples)
+        examples = [ex for ex in examples
+                    if max(count(ex["prompt"]) for count in counters) <= data.max_instruction_tokens]
+        dropped["too_long"] = before - len(examples)
+
+    sizes = data.split.sizes(len(examples))
+    need = sum(sizes.values())
+    if len(examples) < need or min(sizes.values()) < 1:
+        sp = data.split
         raise DataError(
-            f"data.split: asks for {need} rows ({data.split.train}/{data.split.validation}/{data.split.test}) "
+            f"data.split: asks for {need} rows ({sp.train}/{sp.validation}/{sp.test}"
+            f"{' = ' + '/'.join(str(v) for v in sizes.values()) if sp.is_fraction else ''}) "
             f"but only {len(examples)} usable rows were read"
+            + (" (a fraction gives an empty split)" if min(sizes.values()) < 1 else "")
         )
     random.Random(seed).shuffle(examples)
-    sizes = {"train": data.split.train, "validation": data.split.validation, "test": data.split.test}
-    files, start = {}, 0
+    parts, start = {}, 0
     for name in SPLITS:
-        part = examples[start:start + sizes[name]]
+        parts[name] = examples[start:start + sizes[name]]
         start += sizes[name]
+    spare = examples[start:]
+
+    train_prompts = {normalise(ex["prompt"]) for ex in parts["train"]}
+    leaked = [ex for ex in parts["test"] if normalise(ex["prompt"]) in train_prompts]
+    leakage = {"test_in_train": len(leaked), "removed": 0}
+    if leaked and data.remove_leakage:
+        clean = [ex for ex in parts["test"] if normalise(ex["prompt"]) not in train_prompts]
+        refill = [ex for ex in spare if normalise(ex["prompt"]) not in train_prompts][:len(leaked)]
+        used = {id(ex) for ex in refill}
+        spare = [ex for ex in spare if id(ex) not in used]
+        parts["test"] = clean + refill
+        leakage["removed"] = len(leaked)
+        log.warning("removed %d test examples whose prompt occurs in train (%d replaced by unused rows)",
+                    len(leaked), len(refill))
+
+    count = counters[0]
+    token_lengths = {
+        name: {"prompt": percentiles([count(ex["prompt"]) for ex in part]),
+               "response": percentiles([count(ex["reference"]) for ex in part])}
+        for name, part in parts.items()
+    }
+    files = {}
+    for name in SPLITS:
         path = out / f"{name}.jsonl"
         with path.open("w", encoding="utf-8") as fh:
-            for ex in part:
+            for ex in parts[name]:
                 fh.write(json.dumps(ex, ensure_ascii=False, sort_keys=True) + "\n")
         files[name] = path.name
-    result = PrepareResult(str(out), rows_read, dropped, sizes, unused=len(examples) - need, files=files)
+    rows = {name: len(part) for name, part in parts.items()}
+    result = PrepareResult(str(out), rows_read, dropped, rows, unused=len(spare), files=files, leakage=leakage,
+                           token_count=token_count, token_lengths=token_lengths)
     stats = {k: v for k, v in result.to_dict().items() if k != "out_dir"}  # the same bytes wherever it is written
     (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
-    log.info("prepared %s", sizes)
+    log.info("prepared %s (dropped %s)", rows, dropped)
     return result
 
 
@@ -174,3 +425,13 @@ def read_split(data_dir: str | Path, split: str) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: missing; was the prepare stage run into {data_dir}?")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def prepare_for_arms(data: DataSpec, arm_models: Sequence[str], seed: int, out_dir: str | Path) -> PrepareResult:
+    """``prepare_data`` counting tokens with every arm's tokenizer when ``max_instruction_tokens`` is set."""
+    tokenizers: list[Any] = []
+    if data.max_instruction_tokens is not None:
+        from bakeoff.models.loading import load_tokenizer
+
+        tokenizers = [load_tokenizer(uri) for uri in dict.fromkeys(arm_models)]
+    return prepare_data(data, seed, out_dir, tokenizers=tokenizers)

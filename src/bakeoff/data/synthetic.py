@@ -103,15 +103,33 @@ _MAKERS = {
 
 
 def iter_smoke_records(n: int, seed: int = 0) -> Iterator[dict[str, str]]:
-    """Yield ``n`` alpaca-style records (``instruction``, ``input``, ``output``, ``task``), tasks in turn."""
+    """Yield ``n`` distinct alpaca-style records (``instruction``, ``input``, ``output``, ``task``).
+
+    Tasks take turns; a task whose phrasings are used up (no new instruction in 200 draws) drops out,
+    so every instruction is unique and a held-out test example is never a copy of a training one.
+    """
     rng = random.Random(seed)
-    for i in range(n):
-        task = TASKS[i % len(TASKS)]
-        instruction, output = _MAKERS[task](rng)
+    seen: set[str] = set()
+    active = list(TASKS)
+    produced, turn = 0, 0
+    while produced < n:
+        if not active:
+            raise ValueError(f"the synthetic tasks have fewer than {n} distinct instructions")
+        task = active[turn % len(active)]
+        for _ in range(200):
+            instruction, output = _MAKERS[task](rng)
+            if instruction not in seen:
+                break
+        else:
+            active.remove(task)
+            continue
+        seen.add(instruction)
+        produced += 1
+        turn += 1
         yield {"instruction": instruction, "input": "", "output": output, "task": task}
 
 
-def write_smoke_dataset(path: str | Path, n: int = 1500, seed: int = 0) -> Path:
+def write_smoke_dataset(path: str | Path, n: int = 1000, seed: int = 0) -> Path:
     """Write ``n`` records as JSONL (UTF-8, sorted keys, one per line) and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
