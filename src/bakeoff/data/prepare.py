@@ -39,6 +39,7 @@ from typing import Any
 
 from bakeoff.data.templates import get_template
 from bakeoff.errors import DataError, StorageError
+from bakeoff.jsonl import read_jsonl, write_jsonl
 from bakeoff.spec import DataSource, DataSpec
 from bakeoff.storage import download_s3_prefix, parse_hf_uri
 
@@ -405,11 +406,7 @@ def prepare_data(data: DataSpec, seed: int, out_dir: str | Path, *, tokenizers: 
     }
     files = {}
     for name in SPLITS:
-        path = out / f"{name}.jsonl"
-        with path.open("w", encoding="utf-8") as fh:
-            for ex in parts[name]:
-                fh.write(json.dumps(ex, ensure_ascii=False, sort_keys=True) + "\n")
-        files[name] = path.name
+        files[name] = write_jsonl(out / f"{name}.jsonl", parts[name]).name
     rows = {name: len(part) for name, part in parts.items()}
     result = PrepareResult(str(out), rows_read, dropped, rows, unused=len(spare), files=files, leakage=leakage,
                            token_count=token_count, token_lengths=token_lengths)
@@ -424,7 +421,7 @@ def read_split(data_dir: str | Path, split: str) -> list[dict]:
     path = Path(data_dir) / f"{split}.jsonl"
     if not path.is_file():
         raise DataError(f"{path}: missing; was the prepare stage run into {data_dir}?")
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path)
 
 
 def prepare_for_arms(data: DataSpec, arm_models: Sequence[str], seed: int, out_dir: str | Path) -> PrepareResult:

@@ -17,6 +17,7 @@ from bakeoff.evaluate.judge import Judge
 from bakeoff.evaluate.metrics import exact_match
 from bakeoff.evaluate.stats import mean_ci95
 from bakeoff.generate.generate import read_generations
+from bakeoff.jsonl import read_jsonl, write_jsonl
 from bakeoff.spec import EvaluationSpec
 
 log = logging.getLogger(__name__)
@@ -86,10 +87,7 @@ def evaluate(
             else:
                 summary[variant][name] = summarise([scores[i].get(name) for i in idx], seed)
 
-    samples = _samples(arm, rows, scores, explanations)
-    with (out / "samples.jsonl").open("w", encoding="utf-8") as fh:
-        for sample in samples:
-            fh.write(json.dumps(sample, ensure_ascii=False, sort_keys=True) + "\n")
+    write_jsonl(out / "samples.jsonl", _samples(arm, rows, scores, explanations))
     result = {
         "arm": arm,
         "metric_status": status,
@@ -136,6 +134,4 @@ def read_evaluation(eval_dir: str | Path) -> tuple[dict, list[dict]]:
     """The ``evaluation.json`` summary and the samples an evaluate run wrote."""
     eval_dir = Path(eval_dir)
     summary = json.loads((eval_dir / "evaluation.json").read_text())
-    samples = [json.loads(line) for line in (eval_dir / "samples.jsonl").read_text(encoding="utf-8").splitlines()
-               if line.strip()]
-    return summary, samples
+    return summary, read_jsonl(eval_dir / "samples.jsonl")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from bakeoff.data.prepare import read_split
 from bakeoff.data.templates import get_template
+from bakeoff.jsonl import read_jsonl, write_jsonl
 from bakeoff.models.loading import load_model, load_tokenizer, pick_device
 from bakeoff.spec import ArmSpec, GenerationSpec
 
@@ -116,9 +117,7 @@ def generate(
             rows.append({"id": ex["id"], "variant": variant, "instruction": ex["instruction"], "input": ex["input"],
                          "reference": ex["reference"], **({"task": ex["task"]} if "task" in ex else {}), **ans})
         log.info("arm %s, %s: %d answers in %.1f s", arm.name, variant, len(answers), timing[variant])
-    with (out / "generations.jsonl").open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    write_jsonl(out / "generations.jsonl", rows)
     summary = {"arm": arm.name, "model": arm.model, "variants": list(variants), "samples": len(test),
                "device": device, "seconds": timing, "few_shot_ids": [s["id"] for s in shots],
                "decoding": {"greedy": True, **generation.model_dump(mode="json")}}
@@ -128,5 +127,4 @@ def generate(
 
 def read_generations(gen_dir: str | Path) -> list[dict]:
     """The rows ``generate`` wrote."""
-    path = Path(gen_dir) / "generations.jsonl"
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(Path(gen_dir) / "generations.jsonl")
