@@ -1,56 +1,129 @@
-"""A grading judge on loopback for end-to-end tests: an OpenAI-compatible chat completions server.
-
-It rates an answer [[9]] when it equals the reference (case and spaces aside) and [[2]] otherwise,
-by reading the two back out of bakeoff's judge prompt.
-"""
+"""An OpenAI-compatible chat completions server on loopback, for the judge tests and the end-to-end run."""
 
 from __future__ import annotations
 
 import json
 import re
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+NORMAL_REPLY = "Good. Rating: [[8]]"
+PROMPT_TOKENS, COMPLETION_TOKENS = 50, 7
 _PAIR = re.compile(r"Reference answer:\n(.*?)\n\nAssistant's answer:\n(.*?)\n\n", re.S)
 
 
-class GradingJudge:
+def _grade(prompt: str) -> str:
+    match = _PAIR.search(prompt)
+    same = bool(match) and match.group(1).strip().lower() == match.group(2).strip().lower()
+    return "Matches the reference. Rating: [[9]]" if same else "Does not match. Rating: [[2]]"
+
+
+class FakeJudgeServer:
+    """An OpenAI-compatible ``POST /v1/chat/completions`` server with failure modes.
+
+    Modes: ``normal`` (replies ``reply``), ``garbage`` ("no idea"), ``429-then-ok`` (the first
+    ``fail_first`` requests get 429), ``always-500``, ``slow`` (waits ``delay`` seconds first) and
+    ``status`` (every request gets ``status_code``), and ``grade``: [[9]] when the answer equals the
+    reference (case and spaces aside) and [[2]] otherwise, read back out of bakeoff's judge prompt.
+    """
+
     def __init__(self):
+        self.mode = "normal"
+        self.reply = NORMAL_REPLY
+        self.fail_first = 0
+        self.delay = 5.0
+        self.status_code = 404
         self.requests = 0
-        self._lock = threading.Lock()
-        owner = self
+        self.bodies: list[dict] = []
+        self.headers: list[dict] = []
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.httpd: ThreadingHTTPServer | None = None
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with owner._lock:
-                    owner.requests += 1
-                match = _PAIR.search(body["messages"][-1]["content"])
-                same = bool(match) and match.group(1).strip().lower() == match.group(2).strip().lower()
-                text = "Matches the reference. Rating: [[9]]" if same else "Does not match. Rating: [[2]]"
-                payload = json.dumps({
-                    "id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
-                    "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": text}}],
-                    "usage": {"prompt_tokens": 50, "completion_tokens": 8, "total_tokens": 58},
-                }).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> GradingJudge:
-        self._thread.start()
+    def set(self, mode: str, **settings) -> FakeJudgeServer:
+        self.mode = mode
+        for key, value in settings.items():
+            setattr(self, key, value)
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+    def handler(self):
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def _send(self, status: int, payload: dict) -> None:
+                body = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _error(self, status: int, message: str, kind: str) -> None:
+                self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
+
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                with server.lock:
+                    server.requests += 1
+                    n = server.requests
+                    server.bodies.append(body)
+                    server.headers.append(dict(self.headers))
+                if self.path != "/v1/chat/completions":
+                    return self._error(404, f"no route {self.path}", "invalid_request_error")
+                mode = server.mode
+                if mode == "429-then-ok" and n <= server.fail_first:
+                    return self._error(429, "rate limited, slow down", "rate_limit_error")
+                if mode == "always-500":
+                    return self._error(500, "internal error", "server_error")
+                if mode == "status":
+                    return self._error(server.status_code, f"status {server.status_code}", "invalid_request_error")
+                if mode == "slow" and server.stopping.wait(server.delay):
+                    return None
+                content = "no idea" if mode == "garbage" else server.reply
+                if mode == "grade":
+                    content = _grade(body["messages"][-1]["content"])
+                self._send(200, {
+                    "id": f"chatcmpl-{n}",
+                    "object": "chat.completion",
+                    "created": int(time.time()),
+                    "model": body.get("model", "judge"),
+                    "choices": [{
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }],
+                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
+                              "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS},
+                })
+
+        return Handler
+
+
+@contextmanager
+def serve(mode: str = "normal", **settings) -> Iterator[FakeJudgeServer]:
+    """A FakeJudgeServer on 127.0.0.1 (port chosen by the OS) in a daemon thread, for the block's duration."""
+    server = FakeJudgeServer().set(mode, **settings)
+    server.httpd = ThreadingHTTPServer(("127.0.0.1", 0), server.handler())
+    server.httpd.daemon_threads = True
+    thread = threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.stopping.set()
+        server.httpd.shutdown()
+        server.httpd.server_close()
+        thread.join(timeout=5)

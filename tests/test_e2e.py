@@ -6,7 +6,7 @@ import json
 
 import pytest
 from bakeoff_pipelines import run_local
-from judge_stub import GradingJudge
+from judge_stub import serve
 
 from bakeoff.spec import parse_spec
 
@@ -24,7 +24,7 @@ def smoke_run(tmp_path_factory):
     mp.setenv("BAKEOFF_CACHE", str(out / "cache"))
     mp.setenv("JUDGE_API_KEY", "test-key")
     try:
-        with GradingJudge() as judge:
+        with serve("grade") as judge:
             data = load_spec(ROOT / "experiments" / "smoke.yaml").model_dump(mode="json")
             judge_spec = {"base_url": judge.base_url, "model": "grader", "api_key_env": "JUDGE_API_KEY"}
             data["evaluation"]["judge"] = judge_spec

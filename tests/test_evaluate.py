@@ -4,13 +4,12 @@ and the evaluate stage end to end on a hand-written generations file."""
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from judge_stub import COMPLETION_TOKENS, NORMAL_REPLY, PROMPT_TOKENS, serve
 from s3_fixture import free_port
 
 from bakeoff.errors import EvaluationError
@@ -21,9 +20,6 @@ from bakeoff.evaluate.judge import PROMPT_VERSION, SYSTEM_PROMPT, Judge, parse_r
 from bakeoff.evaluate.metrics import exact_match, normalise_answer
 from bakeoff.evaluate.stats import mean_ci95
 from bakeoff.spec import EvaluationSpec, JudgeSpec
-
-NORMAL_REPLY = "Good. Rating: [[8]]"
-PROMPT_TOKENS, COMPLETION_TOKENS = 50, 7
 
 # --- metrics ---------------------------------------------------------------------------------------
 
@@ -130,109 +126,11 @@ def test_parse_rating(text, expected):
 # --- a real OpenAI-compatible judge server on loopback ---------------------------------------------
 
 
-class FakeJudgeServer:
-    """An OpenAI-compatible ``POST /v1/chat/completions`` server with failure modes.
-
-    Modes: ``normal`` (replies ``reply``), ``garbage`` ("no idea"), ``429-then-ok`` (the first
-    ``fail_first`` requests get 429), ``always-500``, ``slow`` (waits ``delay`` seconds first) and
-    ``status`` (every request gets ``status_code``).
-    """
-
-    def __init__(self):
-        self.mode = "normal"
-        self.reply = NORMAL_REPLY
-        self.fail_first = 0
-        self.delay = 5.0
-        self.status_code = 404
-        self.requests = 0
-        self.bodies: list[dict] = []
-        self.headers: list[dict] = []
-        self.lock = threading.Lock()
-        self.stopping = threading.Event()
-        self.httpd: ThreadingHTTPServer | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def set(self, mode: str, **settings) -> FakeJudgeServer:
-        self.mode = mode
-        for key, value in settings.items():
-            setattr(self, key, value)
-        return self
-
-    def handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep pytest output clean
-                pass
-
-            def _send(self, status: int, payload: dict) -> None:
-                body = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _error(self, status: int, message: str, kind: str) -> None:
-                self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
-
-            def do_POST(self):  # noqa: N802 - http.server's naming
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}")
-                with server.lock:
-                    server.requests += 1
-                    n = server.requests
-                    server.bodies.append(body)
-                    server.headers.append(dict(self.headers))
-                if self.path != "/v1/chat/completions":
-                    return self._error(404, f"no route {self.path}", "invalid_request_error")
-                mode = server.mode
-                if mode == "429-then-ok" and n <= server.fail_first:
-                    return self._error(429, "rate limited, slow down", "rate_limit_error")
-                if mode == "always-500":
-                    return self._error(500, "internal error", "server_error")
-                if mode == "status":
-                    return self._error(server.status_code, f"status {server.status_code}", "invalid_request_error")
-                if mode == "slow" and server.stopping.wait(server.delay):
-                    return None
-                content = "no idea" if mode == "garbage" else server.reply
-                self._send(200, {
-                    "id": f"chatcmpl-{n}",
-                    "object": "chat.completion",
-                    "created": int(time.time()),
-                    "model": body.get("model", "judge"),
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                    }],
-                    "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
-                              "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS},
-                })
-
-        return Handler
-
-
 @pytest.fixture
 def judge_server():
     """A FakeJudgeServer on 127.0.0.1 (port chosen by the OS) in a daemon thread."""
-    server = FakeJudgeServer()
-    server.httpd = ThreadingHTTPServer(("127.0.0.1", 0), server.handler())
-    server.httpd.daemon_threads = True
-    thread = threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with serve() as server:
         yield server
-    finally:
-        server.stopping.set()
-        server.httpd.shutdown()
-        server.httpd.server_close()
-        thread.join(timeout=5)
 
 
 @pytest.fixture
