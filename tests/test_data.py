@@ -173,15 +173,15 @@ def test_missing_output_names_file_row_and_field(tmp_path):
     path = _write_jsonl(tmp_path / "missing.jsonl", rows)
     with pytest.raises(DataError) as info:
         prepare_data(_data(str(path), train=1, validation=1, test=1), seed=0, out_dir=tmp_path / "out")
-    assert str(info.value) == f"{path}:2: field 'output' is missing"
+    assert str(info.value) == f"{path}:2: field 'output' is missing (columns present: input, instruction, task)"
 
 
 @pytest.mark.parametrize(("record", "expected"), [
     ({"instruction": "x", "output": 3}, "field 'output' must be a string, got int"),
     ({"instruction": ["x"], "output": "y"}, "field 'instruction' must be a string, got list"),
     ({"instruction": "x", "input": {"a": 1}, "output": "y"}, "field 'input' must be a string, got dict"),
-    ({"output": "y"}, "field 'instruction' is missing"),
-    ({"instruction": None, "output": "y"}, "field 'instruction' is missing"),
+    ({"output": "y"}, "field 'instruction' is missing (columns present: output)"),
+    ({"instruction": None, "output": "y"}, "field 'instruction' is missing (columns present: output)"),
     (["x", "y"], "expected a JSON object, got list"),
     ("just a string", "expected a JSON object, got str"),
 ])

@@ -70,7 +70,7 @@ def test_missing_field_names_file_row_and_field(tmp_path, suffix):
         path.write_text("instruction,output\na,b\nc\n")
     with pytest.raises(DataError) as info:
         prepare_data(_spec(DataSource(uri=str(path)), split=(1, 1, 1)), seed=0, out_dir=tmp_path / "out")
-    assert str(info.value) == f"{path}:2: field 'output' is missing"
+    assert str(info.value) == f"{path}:2: field 'output' is missing (columns present: instruction)"
 
 
 def test_json_without_brackets_is_read_as_jsonl_and_unknown_suffix_is_error(tmp_path):
@@ -101,10 +101,10 @@ CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": 
     ("sql-create-context", {"nl": "q", "schema": "CREATE TABLE t", "sql": "SELECT 1"},
      {"question": "nl", "context": "schema", "answer": "sql"}, ("q", "CREATE TABLE t", "SELECT 1")),
     ("viggo", {"target": "I like Halo.", "meaning_representation": "give_opinion(name[Halo])"}, None,
-     (f"{VIGGO_INSTRUCTION}\nI like Halo.", "", "give_opinion(name[Halo])")),
+     (VIGGO_INSTRUCTION, "I like Halo.", "give_opinion(name[Halo])")),
     ("viggo", {"text": "I like Halo.", "mr": "give_opinion(name[Halo])"},
      {"target": "text", "meaning_representation": "mr"},
-     (f"{VIGGO_INSTRUCTION}\nI like Halo.", "", "give_opinion(name[Halo])")),
+     (VIGGO_INSTRUCTION, "I like Halo.", "give_opinion(name[Halo])")),
     ("chat", {"messages": CHAT}, None, ("2+2?", "", "4")),
     ("chat", {"conversation": json.dumps(CHAT)}, {"messages": "conversation"}, ("2+2?", "", "4")),
     ("chat", {"messages": CHAT[:3] + [{"role": "user", "content": "unanswered"}]}, None, ("Hi", "", "Hello")),
@@ -114,11 +114,12 @@ def test_record_formats(fmt, record, fields, expected):
 
 
 @pytest.mark.parametrize(("fmt", "record", "fields", "message"), [
-    ("prompt-response", {"prompt": "p"}, None, "field 'response' is missing"),
+    ("prompt-response", {"prompt": "p"}, None, "field 'response' is missing (columns present: prompt)"),
     ("prompt-response", {"q": "p"}, {"prompt": "q", "response": "a"},
-     "field 'a' (the prompt-response 'response') is missing"),
+     "field 'a' (the prompt-response 'response') is missing (columns present: q)"),
     ("sql-create-context", {"question": "q", "answer": 3}, None, "field 'answer' must be a string, got int"),
-    ("viggo", {"target": "s"}, None, "field 'meaning_representation' is missing"),
+    ("viggo", {"target": "s"}, None,
+     "field 'meaning_representation' is missing (columns present: target)"),
     ("chat", {"messages": [{"role": "user", "content": "x"}]}, None, "field 'messages' has no assistant message"),
     ("chat", {"messages": [{"role": "assistant", "content": "x"}]}, None,
      "field 'messages' has no user message before the last assistant message"),

@@ -110,10 +110,13 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_synth_data(args) -> int:
+    from bakeoff.data.fixtures import write_sql_fixture, write_viggo_fixture
     from bakeoff.data.synthetic import write_smoke_dataset
 
-    path = write_smoke_dataset(args.output, n=args.n, seed=args.seed)
-    print(f"wrote {args.n} records to {path}")
+    write = {"smoke": write_smoke_dataset, "sql": write_sql_fixture, "viggo": write_viggo_fixture}[args.kind]
+    n = args.n or {"smoke": 1000, "sql": 400, "viggo": 400}[args.kind]
+    path = write(args.output, n=n, seed=args.seed)
+    print(f"wrote {n} {args.kind} records to {path}")
     return 0
 
 
@@ -170,9 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_report)
 
-    s = sub.add_parser("synth-data", help="write the synthetic instruction set the smoke experiment uses")
-    s.add_argument("output")
-    s.add_argument("--n", type=int, default=1000)
+    s = sub.add_parser("synth-data", help="write the project's own offline data sets (smoke, sql, viggo)")
+    s.add_argument("output", help="a .jsonl file (smoke, viggo) or a folder (sql: sql.jsonl + databases/)")
+    s.add_argument("--kind", choices=("smoke", "sql", "viggo"), default="smoke")
+    s.add_argument("--n", type=int, help="records (default 1000 for smoke, 400 otherwise)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_synth_data)
     return p

@@ -11,13 +11,15 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     create_model,
     field_serializer,
@@ -57,6 +59,7 @@ class DataSource(_Strict):
     uri: str = Field(min_length=1)
     format: Literal["alpaca", "prompt-response", "sql-create-context", "viggo", "chat"] = "alpaca"
     fields: dict[str, str] | None = Field(default=None, description="canonical field name -> column name in the file")
+    keep: list[str] = Field(default_factory=list, description="columns copied into each example's meta (e.g. db_id)")
 
     @model_validator(mode="after")
     def _known_fields(self) -> DataSource:
@@ -119,11 +122,55 @@ class SplitSpec(_Strict):
         return {k: math.floor(v * usable + 1e-9) for k, v in values.items()}
 
 
+class UserTemplate(_Strict):
+    """A prompt template of the spec's own: placeholders {instruction}, {input}, {body}; {response}."""
+
+    prompt: str = Field(min_length=1)
+    completion: str = "{response}"
+    bos: str = ""
+    eos: str = "</s>"
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_placeholders(cls, v: str) -> str:
+        from bakeoff.data.templates import PLACEHOLDERS
+
+        if not any(p in v for p in PLACEHOLDERS):
+            raise ValueError(f"needs at least one of {', '.join(PLACEHOLDERS)}")
+        return v
+
+    @field_validator("completion")
+    @classmethod
+    def _completion_placeholder(cls, v: str) -> str:
+        if "{response}" not in v:
+            raise ValueError("needs {response}")
+        return v
+
+    @model_validator(mode="after")
+    def _formats(self) -> UserTemplate:
+        from bakeoff.data.templates import user_template
+
+        try:
+            user_template(self.prompt, self.completion, self.bos, self.eos)
+        except SpecError as exc:
+            raise ValueError(exc.messages[0].split(": ", 1)[1]) from None
+        return self
+
+
+# A template is a built-in name or a mapping of the spec's own; the tags keep pydantic from reporting
+# the branch that does not apply (and, bracketed, stay out of error key paths).
+TemplateChoice = Annotated[
+    Annotated[Literal["llama2-inst", "alpaca", "text-to-sql", "viggo", "chat"], Tag("[name]")]
+    | Annotated[UserTemplate, Tag("[own]")],
+    Discriminator(lambda v: "[name]" if isinstance(v, str) else "[own]"),
+]
+
+
 class DataSpec(_Strict):
     """Where the examples come from, how they are checked and filtered, and how they are split."""
 
     sources: list[DataSource] = Field(min_length=1)
-    template: Literal["llama2-inst"] = "llama2-inst"
+    template: TemplateChoice = "llama2-inst"
     split: SplitSpec
     on_error: Literal["fail", "skip"] = Field(
         default="fail", description="skip: malformed rows are counted (dropped.malformed) and logged, not fatal"
@@ -327,7 +374,8 @@ class ExperimentSpec(_Strict):
         lines = [f"experiment {self.name} (seed {self.seed})"]
         src = ", ".join(s.uri for s in self.data.sources)
         sp = self.data.split
-        lines.append(f"data: {src} | template {self.data.template} | split {sp.train}/{sp.validation}/{sp.test}")
+        template = self.data.template if isinstance(self.data.template, str) else "user"
+        lines.append(f"data: {src} | template {template} | split {sp.train}/{sp.validation}/{sp.test}")
         t = self.training
         steps = f"max_steps {t.max_steps}" if t.max_steps else f"epochs {t.epochs:g}"
         lines.append(

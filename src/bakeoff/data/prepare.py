@@ -181,7 +181,8 @@ def _field(label: str, record: dict, name: str, fields: dict[str, str], required
     value = record.get(column)
     if value is None:
         if required:
-            raise DataError(f"{label}: {where} is missing")
+            present = ", ".join(sorted(str(k) for k in record if record[k] is not None)) or "none"
+            raise DataError(f"{label}: {where} is missing (columns present: {present})")
         return ""
     if not isinstance(value, str):
         raise DataError(f"{label}: {where} must be a string, got {type(value).__name__}")
@@ -221,7 +222,7 @@ def extract_record(label: str, record: Any, fmt: str = "alpaca", fields: dict[st
 
     ``fields`` maps the format's canonical names to the record's keys. prompt-response: prompt ->
     instruction, response -> output; sql-create-context: question -> instruction, context -> input,
-    answer -> output; viggo: a fixed request followed by the ``target`` sentence -> instruction,
+    answer -> output; viggo: a fixed request -> instruction, the ``target`` sentence -> input,
     ``meaning_representation`` -> output; chat: see ``_chat``.
     """
     if not isinstance(record, dict):
@@ -241,7 +242,7 @@ def extract_record(label: str, record: Any, fmt: str = "alpaca", fields: dict[st
     if fmt == "viggo":
         sentence = _field(label, record, "target", fields, True, fmt)
         mr = _field(label, record, "meaning_representation", fields, True, fmt)
-        return (f"{VIGGO_INSTRUCTION}\n{sentence.strip()}" if sentence.strip() else "", "", mr)
+        return (VIGGO_INSTRUCTION if sentence.strip() else "", sentence.strip(), mr)
     if fmt == "chat":
         return _chat(label, record, fields.get("messages", "messages"))
     raise DataError(f"{label}: unknown record format {fmt!r}")
@@ -320,6 +321,8 @@ def _read_examples(data: DataSpec, template, dropped: dict[str, int]) -> tuple[d
                 "reference": output.strip(),
                 "source": label,
                 **({"task": record["task"]} if isinstance(record.get("task"), str) else {}),
+                **({"messages": template.messages(instruction, input_text)} if template.chat else {}),
+                **({"meta": {k: record[k] for k in source.keep if k in record}} if source.keep else {}),
             })
         for message in malformed or []:
             log.warning("skipped malformed row %s", message)

@@ -1,12 +1,27 @@
-"""Prompt templates: how an instruction record becomes a prompt and a completion.
+"""Prompt templates: how an (instruction, input, response) record becomes a prompt and a completion.
 
-``llama2-inst`` is the seed paper's template, verbatim:
-``<s>[INST] Below is an instruction ... \\n\\n{input} [/INST]\\n\\n{response}</s>``.
+Built in:
+- ``llama2-inst``: the seed paper's template, verbatim:
+  ``<s>[INST] Below is an instruction ... \\n\\n{input} [/INST]\\n\\n{response}</s>``;
+- ``alpaca``: the Stanford Alpaca prompt (with and without an input);
+- ``text-to-sql``: question and table definitions in, one SQL query out (the seed blog's task, in
+  this project's own words);
+- ``viggo``: a sentence in, its meaning representation ``act(attribute[value], ...)`` out (idem);
+- ``chat``: the arm's tokenizer's own chat template, applied at training and generation time (the
+  prepared rows then carry ``messages`` as well as a plain-text ``prompt``).
+A spec may also give its own: ``template: {prompt: "...{instruction}...{input}...", completion:
+"{response}", bos: "", eos: "</s>"}``.
+
+Placeholders: ``{instruction}``, ``{input}`` and ``{body}`` (the instruction, then the input after a
+blank line when there is one). The built-in templates end each completion with ``</s>``, the
+end-of-sequence text of the LLaMA 2, Mistral, Mixtral and CodeLlama tokenizers; a user template sets
+its own ``bos`` and ``eos``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from bakeoff.errors import SpecError
 
@@ -14,6 +29,7 @@ LLAMA2_INST_PREAMBLE = (
     "Below is an instruction that describes a task. "
     "Write a response that appropriately completes the request."
 )
+PLACEHOLDERS = ("{instruction}", "{input}", "{body}")
 
 
 @dataclass(frozen=True)
@@ -22,34 +38,93 @@ class Template:
 
     name: str
     prompt_format: str
-    completion_format: str
+    completion_format: str = "{response}"
     bos: str = "<s>"
     eos: str = "</s>"
+    prompt_format_no_input: str | None = None  # used instead when the record has no input
+    chat: bool = False  # rendered by the tokenizer's chat template, not by prompt_format
 
     def prompt(self, instruction: str, input_text: str = "") -> str:
-        """The prompt for one record; a non-empty ``input`` follows the instruction on its own line."""
-        body = instruction.strip()
-        if input_text and input_text.strip():
-            body = f"{body}\n\n{input_text.strip()}"
-        return self.bos + self.prompt_format.format(input=body)
+        """The prompt for one record (for ``chat``: the user's message as plain text)."""
+        instruction, input_text = instruction.strip(), (input_text or "").strip()
+        body = f"{instruction}\n\n{input_text}" if input_text else instruction
+        fmt = self.prompt_format_no_input if (not input_text and self.prompt_format_no_input) else self.prompt_format
+        return self.bos + fmt.format(instruction=instruction, input=input_text, body=body)
 
     def completion(self, response: str) -> str:
         """The text the model is trained to produce after the prompt, end-of-sequence included."""
         return self.completion_format.format(response=response.strip()) + self.eos
 
+    def messages(self, instruction: str, input_text: str = "") -> list[dict[str, str]]:
+        """The chat form of the prompt: one user message."""
+        return [{"role": "user", "content": self.prompt(instruction, input_text)}]
+
 
 TEMPLATES: dict[str, Template] = {
     "llama2-inst": Template(
         name="llama2-inst",
-        prompt_format="[INST] " + LLAMA2_INST_PREAMBLE + "\n\n{input} [/INST]\n\n",
-        completion_format="{response}",
+        prompt_format="[INST] " + LLAMA2_INST_PREAMBLE + "\n\n{body} [/INST]\n\n",
     ),
+    "alpaca": Template(
+        name="alpaca",
+        bos="",
+        prompt_format=(
+            "Below is an instruction that describes a task, paired with an input that provides further "
+            "context. Write a response that appropriately completes the request.\n\n"
+            "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+        ),
+        prompt_format_no_input=(
+            "Below is an instruction that describes a task. Write a response that appropriately completes "
+            "the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+        ),
+    ),
+    "text-to-sql": Template(
+        name="text-to-sql",
+        bos="",
+        prompt_format=(
+            "You translate questions about a database into SQL. Using only the tables defined below, "
+            "write the single SQL query that answers the question. Reply with the query and nothing else.\n\n"
+            "### Tables:\n{input}\n\n### Question:\n{instruction}\n\n### SQL:\n"
+        ),
+    ),
+    "viggo": Template(
+        name="viggo",
+        bos="",
+        prompt_format=(
+            "Write the meaning representation of the sentence: one dialogue act (inform, request, "
+            "request_attribute, request_explanation, confirm, verify_attribute, give_opinion, recommend or "
+            "suggest) followed by the attributes the sentence states, as act(attribute[value], ...).\n\n"
+            "### Sentence:\n{input}\n\n### Meaning representation:\n"
+        ),
+    ),
+    "chat": Template(name="chat", prompt_format="{body}", bos="", eos="", chat=True),
 }
 
 
-def get_template(name: str) -> Template:
-    """Look a template up by name; an unknown name is a spec error listing the known ones."""
+def user_template(prompt: str, completion: str = "{response}", bos: str = "", eos: str = "</s>") -> Template:
+    """A template from the spec; a SpecError names the key when a placeholder is missing or unknown."""
+    if not any(p in prompt for p in PLACEHOLDERS):
+        raise SpecError(f"data.template.prompt: needs at least one of {', '.join(PLACEHOLDERS)}")
+    if "{response}" not in completion:
+        raise SpecError("data.template.completion: needs {response}")
     try:
-        return TEMPLATES[name]
-    except KeyError:
-        raise SpecError(f"data.template: unknown template {name!r}; known: {', '.join(TEMPLATES)}") from None
+        prompt.format(instruction="", input="", body="")
+        completion.format(response="")
+    except (KeyError, IndexError, ValueError) as exc:
+        raise SpecError(f"data.template: unknown or malformed placeholder {exc}; use {{instruction}}, "
+                        "{input}, {body} and {response}, and double other braces ({{ }})") from None
+    return Template(name="user", prompt_format=prompt, completion_format=completion, bos=bos, eos=eos)
+
+
+def get_template(template: str | Any) -> Template:
+    """A built-in template by name, or the spec's own (an object with prompt, completion, bos, eos)."""
+    if isinstance(template, Template):
+        return template
+    if isinstance(template, str):
+        try:
+            return TEMPLATES[template]
+        except KeyError:
+            raise SpecError(
+                f"data.template: unknown template {template!r}; known: {', '.join(TEMPLATES)}"
+            ) from None
+    return user_template(template.prompt, template.completion, template.bos, template.eos)

@@ -15,9 +15,11 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from bakeoff.data.prepare import read_split
 from bakeoff.data.templates import get_template
+from bakeoff.errors import ModelError
 from bakeoff.jsonl import read_jsonl, write_jsonl
 from bakeoff.models.loading import load_model, load_tokenizer, pick_device
 from bakeoff.spec import ArmSpec, GenerationSpec
@@ -60,12 +62,29 @@ def batched_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int
     return answers  # type: ignore[return-value]
 
 
-def few_shot_prompt(template_name: str, examples: Sequence[dict], example: dict) -> str:
-    """The test prompt preceded by worked examples, each a full turn in the same template."""
-    template = get_template(template_name)
+def few_shot_prompt(template: Any, examples: Sequence[dict], example: dict, tokenizer=None) -> str:
+    """The test prompt preceded by worked examples, each a full turn in the same template.
+
+    ``template`` is a template name or the spec's own; ``chat`` needs the tokenizer (its chat template).
+    """
+    template = get_template(template)
+    if template.chat:
+        messages = []
+        for e in examples:
+            messages += template.messages(e["instruction"], e["input"])
+            messages.append({"role": "assistant", "content": e["reference"]})
+        return chat_prompt(tokenizer, messages + template.messages(example["instruction"], example["input"]))
     shots = "".join(template.prompt(e["instruction"], e["input"]) + template.completion(e["reference"])
                     for e in examples)
     return shots + template.prompt(example["instruction"], example["input"])
+
+
+def chat_prompt(tokenizer, messages: list[dict[str, str]]) -> str:
+    """``messages`` rendered by the tokenizer's chat template, ready for the assistant's turn."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ModelError("data.template: chat needs a tokenizer with a chat template; this arm's has none "
+                         "(use llama2-inst, alpaca or a template of your own)")
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
 def generate(
@@ -75,7 +94,7 @@ def generate(
     data_dir: str | Path,
     adapter_dir: str | Path | None,
     out_dir: str | Path,
-    template: str = "llama2-inst",
+    template: Any = "llama2-inst",
     seed: int = 42,
 ) -> dict:
     """Answer the test split with each variant; writes ``generations.jsonl`` and returns a summary."""
@@ -104,7 +123,9 @@ def generate(
     rows, timing = [], {}
     for variant in variants:
         if variant == "base-few-shot":
-            prompts = [few_shot_prompt(template, shots, ex) for ex in test]
+            prompts = [few_shot_prompt(template, shots, ex, tokenizer) for ex in test]
+        elif get_template(template).chat:
+            prompts = [chat_prompt(tokenizer, ex["messages"]) for ex in test]
         else:
             prompts = [ex["prompt"] for ex in test]
         base_variant = variant != "fine-tuned" and isinstance(model, PeftModel)

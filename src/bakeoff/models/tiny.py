@@ -46,8 +46,8 @@ def build_tokenizer():
     from bakeoff.data.templates import TEMPLATES
 
     corpus = tokenizer_corpus()
-    for template in TEMPLATES.values():
-        corpus.append(template.prompt("instruction") + template.completion("response"))
+    template = TEMPLATES["llama2-inst"]  # the smoke experiment's; other text still tokenizes, byte-level
+    corpus.append(template.prompt("instruction") + template.completion("response"))
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

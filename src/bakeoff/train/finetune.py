@@ -127,6 +127,9 @@ def finetune(
 
     def split(name: str) -> Dataset:
         rows = read_split(data_dir, name)
+        if rows and "messages" in rows[0]:  # the chat template: TRL applies the tokenizer's own
+            return Dataset.from_list([{"prompt": r["messages"], "completion": [
+                {"role": "assistant", "content": r["reference"]}]} for r in rows])
         return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
     train_ds, val_ds = split("train"), split("validation")
