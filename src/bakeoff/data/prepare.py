@@ -32,7 +32,7 @@ import random
 import re
 import string
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,79 +79,97 @@ def _fail_or_collect(message: str, malformed: list[str] | None, exc: Exception |
     malformed.append(message)
 
 
-def _read_jsonl(path: Path, label: str, malformed: list[str] | None = None) -> list[tuple[int, Any]]:
-    rows = []
+def _iter_jsonl(path: Path, label: str, malformed: list[str] | None = None) -> Iterator[tuple[int, Any]]:
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append((lineno, json.loads(line)))
+                record = json.loads(line)
             except json.JSONDecodeError as exc:
                 _fail_or_collect(f"{label}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})", malformed, exc)
-    return rows
+                continue
+            yield lineno, record
 
 
-def _read_file(path: Path, label: str, malformed: list[str] | None = None) -> list[tuple[int, Any]]:
-    """(row, record) pairs of one file by suffix; rows are 1-based lines (JSONL) or record numbers.
+def _iter_file(path: Path, label: str, malformed: list[str] | None = None) -> Iterator[tuple[int, Any]]:
+    """(row, record) pairs of one file by suffix, streamed; rows are 1-based lines (JSONL) or record numbers.
 
-    A ``.json`` file is a JSON array of objects; one that does not start with ``[`` is read as JSONL.
-    CSV rows are numbered from 1 after the header; every CSV value is a string.
+    A ``.json`` file is a JSON array of objects (read whole); one that does not start with ``[`` is read
+    as JSONL. CSV rows are numbered from 1 after the header; every CSV value is a string. Parquet is read
+    in record batches.
     """
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        return _read_jsonl(path, label, malformed)
-    if suffix == ".json":
-        text = path.read_text(encoding="utf-8")
-        if not text.lstrip().startswith("["):
-            return _read_jsonl(path, label, malformed)
+        yield from _iter_jsonl(path, label, malformed)
+    elif suffix == ".json":
+        with path.open(encoding="utf-8") as fh:
+            head = fh.read(4096).lstrip()
+        if not head.startswith("["):
+            yield from _iter_jsonl(path, label, malformed)
+            return
         try:
-            records = json.loads(text)
+            records = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{label}: not a valid JSON array ({exc.msg} at line {exc.lineno})") from exc
-        return list(enumerate(records, start=1))
-    if suffix == ".csv":
+        yield from enumerate(records, start=1)
+    elif suffix == ".csv":
         with path.open(encoding="utf-8", newline="") as fh:
-            return list(enumerate(csv.DictReader(fh), start=1))
-    if suffix == ".parquet":
+            yield from enumerate(csv.DictReader(fh), start=1)
+    elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
-        except Exception as exc:  # pyarrow raises several types for a corrupt file
+            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+            row = 0
+            for batch in batches:
+                for record in batch.to_pylist():
+                    row += 1
+                    yield row, record
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
             raise DataError(f"{label}: not a readable Parquet file ({exc})") from exc
-        return list(enumerate(table.to_pylist(), start=1))
-    raise DataError(f"{label}: unsupported file type {suffix or '(none)'}; files read: {', '.join(SUFFIXES)}")
+    else:
+        raise DataError(f"{label}: unsupported file type {suffix or '(none)'}; files read: {', '.join(SUFFIXES)}")
 
 
-def read_source(source: DataSource, malformed: list[str] | None = None) -> list[tuple[str, Any]]:
-    """Rows of one source as (``file:row`` label, record): a local file, every data file under ``s3://``, or ``hf://``.
+def iter_source(source: DataSource, malformed: list[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """Rows of one source as (``file:row`` label, record), streamed: a local file, every data file under
+    ``s3://``, or ``hf://``.
 
     With a ``malformed`` list, unparseable JSONL lines are appended to it as messages instead of raising.
     """
     uri = source.uri
     if uri.startswith("hf://"):
-        return _read_hub(uri)
+        yield from _read_hub(uri)
+        return
     if uri.startswith("s3://"):
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 download_s3_prefix(uri, tmp)
             except StorageError as exc:
                 raise DataError(f"data source {uri}: {exc}") from exc
-            out = []
+            found = False
             for path in sorted(p for p in Path(tmp).rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()):
                 rel = path.relative_to(tmp).as_posix()
                 label = f"{uri.rstrip('/')}/{rel}"
-                out += [(f"{label}:{n}", r) for n, r in _read_file(path, label, malformed)]
-            if not out:
+                for n, record in _iter_file(path, label, malformed):
+                    found = True
+                    yield f"{label}:{n}", record
+            if not found:
                 raise DataError(f"data source {uri}: no {', '.join(SUFFIXES)} objects with rows found")
-            return out
+        return
     path = Path(uri)
     if not path.is_file():
         raise DataError(f"data source {uri}: file not found")
     if path.suffix.lower() not in SUFFIXES:
         raise DataError(f"data source {uri}: unsupported file type; files read: {', '.join(SUFFIXES)}")
-    return [(f"{uri}:{n}", r) for n, r in _read_file(path, uri, malformed)]
+    for n, record in _iter_file(path, uri, malformed):
+        yield f"{uri}:{n}", record
+
+
+def read_source(source: DataSource, malformed: list[str] | None = None) -> list[tuple[str, Any]]:
+    """``iter_source`` as a list."""
+    return list(iter_source(source, malformed))
 
 
 def _read_hub(uri: str) -> list[tuple[str, dict]]:
@@ -295,15 +313,16 @@ def _read_examples(data: DataSpec, template, dropped: dict[str, int]) -> tuple[d
     examples = []
     for source in data.sources:
         malformed: list[str] | None = [] if skip else None
-        rows = read_source(source, malformed)
-        rows_read[source.uri] = len(rows) + len(malformed or [])
-        for label, record in rows:
+        count = bad_fields = 0
+        for label, record in iter_source(source, malformed):
+            count += 1
             try:
                 instruction, input_text, output = extract_record(label, record, source.format, source.fields)
             except DataError as exc:
                 if not skip:
                     raise
                 malformed.append(str(exc))
+                bad_fields += 1
                 continue
             if not instruction.strip():
                 dropped["empty_instruction"] += 1
@@ -327,16 +346,23 @@ def _read_examples(data: DataSpec, template, dropped: dict[str, int]) -> tuple[d
         for message in malformed or []:
             log.warning("skipped malformed row %s", message)
             dropped["malformed"] = dropped.get("malformed", 0) + 1
+        # unparseable lines never reach the loop above (the reader collected them); bad fields did
+        rows_read[source.uri] = count + len(malformed or []) - bad_fields
     return rows_read, examples
 
 
+def _digest(*parts: str) -> bytes:
+    """A 16-byte fingerprint: the sets below hold these, not a second copy of the text."""
+    return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).digest()
+
+
 def _dedupe(examples: list[dict], dropped: dict[str, int]) -> list[dict]:
-    exact: set[tuple[str, str, str]] = set()
-    loose: set[tuple[str, str, str]] = set()
+    exact: set[bytes] = set()
+    loose: set[bytes] = set()
     kept = []
     for ex in examples:
-        key = (ex["instruction"], ex["input"], ex["reference"])
-        norm = tuple(normalise(x) for x in key)
+        fields = (ex["instruction"], ex["input"], ex["reference"])
+        key, norm = _digest(*fields), _digest(*(normalise(x) for x in fields))
         if key in exact:
             dropped["duplicate_exact"] = dropped.get("duplicate_exact", 0) + 1
         elif norm in loose:
@@ -388,12 +414,12 @@ def prepare_data(data: DataSpec, seed: int, out_dir: str | Path, *, tokenizers: 
         start += sizes[name]
     spare = examples[start:]
 
-    train_prompts = {normalise(ex["prompt"]) for ex in parts["train"]}
-    leaked = [ex for ex in parts["test"] if normalise(ex["prompt"]) in train_prompts]
+    train_prompts = {_digest(normalise(ex["prompt"])) for ex in parts["train"]}
+    leaked = [ex for ex in parts["test"] if _digest(normalise(ex["prompt"])) in train_prompts]
     leakage = {"test_in_train": len(leaked), "removed": 0}
     if leaked and data.remove_leakage:
-        clean = [ex for ex in parts["test"] if normalise(ex["prompt"]) not in train_prompts]
-        refill = [ex for ex in spare if normalise(ex["prompt"]) not in train_prompts][:len(leaked)]
+        clean = [ex for ex in parts["test"] if _digest(normalise(ex["prompt"])) not in train_prompts]
+        refill = [ex for ex in spare if _digest(normalise(ex["prompt"])) not in train_prompts][:len(leaked)]
         used = {id(ex) for ex in refill}
         spare = [ex for ex in spare if id(ex) not in used]
         parts["test"] = clean + refill
