@@ -8,7 +8,7 @@ KFP_HOST ?=
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv pipeline test test-fast compile lint clean
+.PHONY: venv pipeline test test-fast bench compile lint clean
 
 venv: $(STAMP)
 
@@ -31,13 +31,17 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e"
 
+## bench: speed figures, measured side by side (outside make test; results in bench/results/)
+bench: $(STAMP)
+	$(BIN)/python bench/bench_prepare.py
+
 ## compile: write the KFP YAML of EXPERIMENT to build/<name>.yaml
 compile: $(STAMP)
 	@mkdir -p build
 	$(BIN)/bakeoff compile $(EXPERIMENT) -o build/$(notdir $(basename $(EXPERIMENT))).yaml
 
 lint: $(STAMP)
-	$(BIN)/ruff check src components pipelines tests
+	$(BIN)/ruff check src components pipelines tests bench
 
 clean:
 	rm -rf build runs .pytest_cache .ruff_cache
