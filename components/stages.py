@@ -27,7 +27,8 @@ def finetune(spec_json: str, arm: str, data: Input[Dataset], model: Output[Model
     from bakeoff.train import finetune as run
 
     spec = spec_from_json(spec_json)
-    result = run(spec.arm(arm), spec.training, spec.arm_peft(arm), data.path, model.path, spec.seed, spec.cost)
+    result = run(spec.arm(arm), spec.training, spec.arm_peft(arm), data.path, model.path, spec.seed, spec.cost,
+                 checkpoint_uri=spec.checkpoint_uri(arm))
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
 
@@ -35,14 +36,12 @@ def finetune(spec_json: str, arm: str, data: Input[Dataset], model: Output[Model
 @dsl.component(base_image=image_for("generate"), install_kfp_package=False)
 def generate(spec_json: str, arm: str, data: Input[Dataset], model: Input[Model], generations: Output[Dataset]):
     """Answer the test split with the fine-tuned model and its base model (each variant)."""
-    import os
-
     from bakeoff.generate import generate as run
     from bakeoff.spec import spec_from_json
 
     spec = spec_from_json(spec_json)
-    run(spec.arm(arm), spec.generation, spec.variants, data.path, os.path.join(model.path, "adapter"),
-        generations.path, template=spec.data.template, seed=spec.seed)
+    run(spec.arm(arm), spec.generation, spec.variants, data.path, model.path, generations.path,
+        template=spec.data.template, seed=spec.seed)
 
 
 @dsl.component(base_image=image_for("evaluate"), install_kfp_package=False)

@@ -71,7 +71,8 @@ def _cmd_finetune(args) -> int:
 
     spec = load_spec(args.spec)
     arm = spec.arm(args.arm)
-    result = finetune(arm, spec.training, spec.arm_peft(arm), args.data, args.out, spec.seed, spec.cost)
+    result = finetune(arm, spec.training, spec.arm_peft(arm), args.data, args.out, spec.seed, spec.cost,
+                      checkpoint_uri=spec.checkpoint_uri(arm))
     print(json.dumps(result.metrics()))
     return 0
 
@@ -80,9 +81,8 @@ def _cmd_generate(args) -> int:
     from bakeoff.generate import generate
 
     spec = load_spec(args.spec)
-    adapter = Path(args.model) / "adapter" if args.model else None
-    variants = spec.variants if adapter else [v for v in spec.variants if v != "fine-tuned"]
-    summary = generate(spec.arm(args.arm), spec.generation, variants, args.data, adapter, args.out,
+    variants = spec.variants if args.model else [v for v in spec.variants if v != "fine-tuned"]
+    summary = generate(spec.arm(args.arm), spec.generation, variants, args.data, args.model, args.out,
                        template=spec.data.template, seed=spec.seed)
     print(json.dumps(summary["seconds"]))
     return 0

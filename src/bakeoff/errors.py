@@ -29,3 +29,11 @@ class StorageError(BakeoffError):
 
 class EvaluationError(BakeoffError):
     """Evaluation cannot run at all (for example an unreachable judge endpoint)."""
+
+
+class TrainingError(BakeoffError):
+    """Training cannot go on (out of memory, a method the device cannot run); the message says what to change."""
+
+
+class Preempted(BakeoffError):
+    """The stage got SIGTERM and saved a checkpoint; a rerun resumes from it."""

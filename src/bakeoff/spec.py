@@ -198,16 +198,40 @@ class TrainingSpec(_Strict):
     logging_steps: int = Field(default=10, gt=0)
     eval_steps: int = Field(default=100, gt=0)
     gradient_checkpointing: bool | Literal["auto"] = "auto"
+    keep_best: bool = Field(default=True, description="the result is the checkpoint with the lowest validation loss")
+    early_stopping_patience: int | None = Field(
+        default=None, gt=0, description="stop after this many evaluations without a lower validation loss"
+    )
+    checkpoint_steps: int | None = Field(
+        default=None, gt=0, description="save a checkpoint every N steps (default: at every evaluation)"
+    )
+    checkpoint_uri: str | None = Field(
+        default=None, description="where checkpoints go (a path or s3://bucket/prefix; <name>/<arm> is added); "
+        "a rerun resumes from the newest complete one"
+    )
+    save_merged: bool = Field(default=False, description="also save the adapter merged into the 16-bit base")
+
+    @model_validator(mode="after")
+    def _checkpoint_cadence(self) -> TrainingSpec:
+        if self.keep_best and self.checkpoint_steps and self.checkpoint_steps % self.eval_steps:
+            raise ValueError(f"checkpoint_steps ({self.checkpoint_steps}) must be a multiple of eval_steps "
+                             f"({self.eval_steps}) with keep_best, so each checkpoint has a validation loss")
+        return self
 
 
 class PeftSpec(_Strict):
     """Parameter-efficient fine-tuning settings (the seed paper's Table 1 names)."""
 
-    method: Literal["lora"] = "lora"
+    method: Literal["lora", "qlora", "ia3", "full"] = "lora"
     r: int = Field(default=64, gt=0)
     alpha: float = Field(default=16, gt=0)
     dropout: float = Field(default=0.1, ge=0, lt=1)
-    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    target_modules: list[str] | Literal["all-linear", "attention"] = Field(
+        default="all-linear", description="attention = q/k/v/o projections; all-linear = every linear layer"
+    )
+    use_dora: bool = Field(default=False, description="weight-decomposed LoRA (lora, qlora)")
+    loftq: bool = Field(default=False, description="LoftQ initialisation of the LoRA weights (lora)")
+    target_experts: bool = Field(default=False, description="Mixtral: LoRA on the fused experts too (dropout 0)")
 
 
 # The same keys and constraints as PeftSpec, all optional: what an arm may override.
@@ -364,6 +388,13 @@ class ExperimentSpec(_Strict):
         """The shared PEFT settings with the arm's overrides applied."""
         arm = self.arm(arm) if isinstance(arm, str) else arm
         return self.peft.model_copy(update=arm.peft.model_dump(exclude_none=True))
+
+    def checkpoint_uri(self, arm: ArmSpec | str) -> str | None:
+        """Where ``arm``'s checkpoints go: ``training.checkpoint_uri/<experiment>/<arm>``, or None."""
+        if not self.training.checkpoint_uri:
+            return None
+        name = arm if isinstance(arm, str) else arm.name
+        return f"{self.training.checkpoint_uri.rstrip('/')}/{self.name}/{name}"
 
     def to_json(self) -> str:
         """Canonical JSON (what the pipeline carries between components)."""

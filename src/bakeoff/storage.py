@@ -110,13 +110,17 @@ def download_s3_prefix(uri: str, dest: str | Path) -> Path:
     return dest
 
 
-def upload_dir(src: str | Path, uri: str) -> list[str]:
-    """Upload every file under ``src`` to ``s3://bucket/prefix/<relative path>``; returns the keys."""
+def upload_dir(src: str | Path, uri: str, only: list[str] | None = None) -> list[str]:
+    """Upload every file under ``src`` (or just the relative paths in ``only``) to ``s3://bucket/prefix/...``.
+
+    Returns the keys written.
+    """
     bucket, key = parse_s3_uri(uri)
     client = s3_client()
     keys = []
     src = Path(src)
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+    files = [src / name for name in only] if only is not None else [p for p in src.rglob("*") if p.is_file()]
+    for path in sorted(files):
         name = "/".join(filter(None, [key.rstrip("/"), path.relative_to(src).as_posix()]))
         client.fput_object(bucket, name, str(path))
         keys.append(name)

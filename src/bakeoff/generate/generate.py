@@ -92,12 +92,17 @@ def generate(
     generation: GenerationSpec,
     variants: Sequence[str],
     data_dir: str | Path,
-    adapter_dir: str | Path | None,
+    finetuned_dir: str | Path | None,
     out_dir: str | Path,
     template: Any = "llama2-inst",
     seed: int = 42,
 ) -> dict:
-    """Answer the test split with each variant; writes ``generations.jsonl`` and returns a summary."""
+    """Answer the test split with each variant; writes ``generations.jsonl`` and returns a summary.
+
+    ``finetuned_dir`` is the finetune stage's output (``adapter/`` for PEFT methods, ``model/`` for full
+    fine-tuning) or an adapter folder itself. A QLoRA adapter runs on the 4-bit base it was trained on,
+    and that quantized base is then also the base variants' model.
+    """
     from peft import PeftModel
 
     out = Path(out_dir)
@@ -105,15 +110,27 @@ def generate(
     test = read_split(data_dir, "test")
     device = pick_device()
     tokenizer = load_tokenizer(arm.model, trust_remote_code=arm.trust_remote_code)
-    model = load_model(arm.model, trust_remote_code=arm.trust_remote_code, device=device)
-    if adapter_dir is not None and "fine-tuned" in variants:
-        model = PeftModel.from_pretrained(model, str(Path(adapter_dir)))
-    elif "fine-tuned" in variants:
-        raise ValueError("the fine-tuned variant needs an adapter_dir")
-    model.eval()
-    model.generation_config.output_router_logits = False
-    if hasattr(model.config, "output_router_logits"):
-        model.config.output_router_logits = False
+    adapter, full, quantized = _finetuned_artifact(finetuned_dir) if "fine-tuned" in variants else (None, None, False)
+    if "fine-tuned" in variants and adapter is None and full is None:
+        raise ModelError(f"arm {arm.name}: no fine-tuned adapter or model in {finetuned_dir}")
+    quant = None
+    if quantized:
+        import torch
+
+        from bakeoff.train.methods import quantization_config
+
+        quant = quantization_config(torch.bfloat16 if device == "cuda" else torch.float32)
+    model = load_model(arm.model, trust_remote_code=arm.trust_remote_code, device=device, quantization_config=quant)
+    tuned = None
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, str(adapter))
+    elif full is not None:  # full fine-tuning: a second, complete model
+        tuned = load_model(str(full), device=device)
+    for m in filter(None, (model, tuned)):
+        m.eval()
+        m.generation_config.output_router_logits = False
+        if hasattr(m.config, "output_router_logits"):
+            m.config.output_router_logits = False
 
     shots: list[dict] = []
     if "base-few-shot" in variants:
@@ -130,9 +147,10 @@ def generate(
             prompts = [ex["prompt"] for ex in test]
         base_variant = variant != "fine-tuned" and isinstance(model, PeftModel)
         ctx = model.disable_adapter() if base_variant else contextlib.nullcontext()
+        runner = tuned if (variant == "fine-tuned" and tuned is not None) else model
         started = time.perf_counter()
         with ctx:
-            answers = batched_greedy(model, tokenizer, prompts, generation.max_new_tokens, generation.batch_size)
+            answers = batched_greedy(runner, tokenizer, prompts, generation.max_new_tokens, generation.batch_size)
         timing[variant] = round(time.perf_counter() - started, 3)
         for ex, ans in zip(test, answers, strict=True):
             rows.append({"id": ex["id"], "variant": variant, "instruction": ex["instruction"], "input": ex["input"],
@@ -144,6 +162,25 @@ def generate(
                "decoding": {"greedy": True, **generation.model_dump(mode="json")}}
     (out / "generation.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _finetuned_artifact(finetuned_dir: str | Path | None) -> tuple[Path | None, Path | None, bool]:
+    """(adapter folder, full model folder, trained on a 4-bit base) of a finetune output."""
+    if finetuned_dir is None:
+        return None, None, False
+    root = Path(finetuned_dir)
+    quantized = False
+    for training in (root / "training.json", root.parent / "training.json"):
+        if training.is_file():
+            quantized = bool(json.loads(training.read_text()).get("quantization"))
+            break
+    if (root / "adapter_config.json").is_file():
+        return root, None, quantized
+    if (root / "adapter" / "adapter_config.json").is_file():
+        return root / "adapter", None, quantized
+    if (root / "model" / "config.json").is_file():
+        return None, root / "model", False
+    return None, None, False
 
 
 def read_generations(gen_dir: str | Path) -> list[dict]:

@@ -80,8 +80,12 @@ def load_tokenizer(uri: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(uri: str, dtype=None, trust_remote_code: bool = False, device: str | None = None):
-    """A causal LM from safetensors weights, in ``dtype`` (float32 by default), on ``device``."""
+def load_model(uri: str, dtype=None, trust_remote_code: bool = False, device: str | None = None,
+               quantization_config=None):
+    """A causal LM from safetensors weights, in ``dtype`` (float32 by default), on ``device``.
+
+    With a ``quantization_config`` (4-bit for QLoRA) the weights are quantized as they load, on ``device``.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -92,11 +96,13 @@ def load_model(uri: str, dtype=None, trust_remote_code: bool = False, device: st
             dtype=dtype or torch.float32,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
+            **({"quantization_config": quantization_config, "device_map": {"": device or "cpu"}}
+               if quantization_config is not None else {}),
             **resolved.kwargs,
         )
     except Exception as exc:
         raise _load_error(uri, exc) from exc
-    if device:
+    if device and quantization_config is None:
         model.to(device)
     return model
 
