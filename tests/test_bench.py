@@ -21,3 +21,19 @@ def test_prepare_bench_reports_speed_and_memory(tmp_path):
     # streaming keeps one copy of the data, plus fingerprints and split lists: well under two copies
     assert 1.0 <= results["prepare_peak_vs_one_copy"] < 2.0
     assert results["read_naive_peak_vs_streamed"] > 1.0
+
+
+def test_train_bench_compares_the_stage_with_both_baselines(tmp_path, cache_env):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench_train
+    finally:
+        sys.path.pop(0)
+    results = bench_train.main(["--steps", "3", "--repeats", "1", "--out", str(tmp_path / "train.json")])
+    tps = results["tokens_per_second"]
+    assert set(tps) == {"naive_padded_1024", "trl_dynamic_padding", "stage_defaults", "stage_group_by_length",
+                        "stage_padding_free", "stage_packing"}
+    assert all(v > 0 for v in tps.values())
+    # padding every row to 1024 tokens wastes nearly all the compute on these short rows
+    assert tps["naive_padded_1024"] < tps["trl_dynamic_padding"]
+    assert results["train_speedup_vs_naive"] == round(tps["stage_defaults"] / tps["naive_padded_1024"], 2)

@@ -198,6 +198,12 @@ class TrainingSpec(_Strict):
     logging_steps: int = Field(default=10, gt=0)
     eval_steps: int = Field(default=100, gt=0)
     gradient_checkpointing: bool | Literal["auto"] = "auto"
+    batching: Literal["dynamic", "padding-free", "packing"] = Field(
+        default="dynamic", description="dynamic: pad each batch to its longest row; padding-free: concatenate "
+        "the batch's rows without padding (rows are not truncated to max_seq_length: bound them with "
+        "data.max_instruction_tokens); packing: fill max_seq_length windows with several rows"
+    )
+    group_by_length: bool = Field(default=False, description="batch rows of similar length together (less padding)")
     keep_best: bool = Field(default=True, description="the result is the checkpoint with the lowest validation loss")
     early_stopping_patience: int | None = Field(
         default=None, gt=0, description="stop after this many evaluations without a lower validation loss"

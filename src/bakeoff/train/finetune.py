@@ -187,6 +187,7 @@ def finetune(
     import torch
     from datasets import Dataset
     from peft import prepare_model_for_kbit_training
+    from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
     out = Path(out_dir)
@@ -233,7 +234,11 @@ def finetune(
         warmup_steps=training.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         lr_scheduler_type=training.lr_scheduler,
         weight_decay=training.weight_decay,
-        max_length=training.max_seq_length,
+        # TRL does not truncate padding-free batches; rows are bounded by data.max_instruction_tokens instead
+        max_length=None if training.batching == "padding-free" else training.max_seq_length,
+        padding_free=training.batching == "padding-free",
+        packing=training.batching == "packing",
+        train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
@@ -261,6 +266,7 @@ def finetune(
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
                          processing_class=tokenizer, peft_config=method_config, callbacks=callbacks)
+    trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dict prints
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
