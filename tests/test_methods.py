@@ -102,3 +102,42 @@ def test_early_stopping_stops_before_max_steps(data_dir, tmp_path, cache_env):
     assert result.steps < 60
     val = [p["loss"] for p in result.loss_history["validation"]]
     assert val[-1] >= min(val[:-1])  # it stopped because the last evaluation did not improve
+
+
+def test_kfp_metrics_carry_the_validation_curve(data_dir, tmp_path, cache_env):
+    spec = small_spec()
+    result = finetune(spec.arm("tiny-llama"), spec.training, spec.peft, data_dir, tmp_path / "m", spec.seed)
+    metrics = result.metrics()
+    assert metrics["validation_loss/step_000003"] == result.loss_history["validation"][0]["loss"]
+    assert metrics["validation_loss/step_000006"] == result.loss_history["validation"][1]["loss"]
+    assert metrics["best_step"] == result.best_step and "peak_memory_gb" in metrics
+
+
+def test_save_merged_writes_a_full_16_bit_model(data_dir, tmp_path, cache_env):
+    import torch
+    from safetensors.torch import load_file
+
+    from bakeoff.models import load_model
+
+    spec = small_spec(save_merged=True)
+    arm = spec.arm("tiny-llama")
+    finetune(arm, spec.training, spec.peft.model_copy(update={"method": "qlora"}), data_dir, tmp_path / "m")
+    merged = load_model(str(tmp_path / "m" / "merged"))
+    assert merged.dtype == torch.float32  # loaded as asked; stored in 16-bit
+    stored = load_file(str(tmp_path / "m" / "merged" / "model.safetensors"))
+    assert all(t.dtype == torch.bfloat16 for t in stored.values())
+
+
+def test_out_of_memory_says_what_to_change(data_dir, tmp_path, cache_env, monkeypatch):
+    import torch
+    from trl import SFTTrainer
+
+    from bakeoff.errors import TrainingError
+
+    def boom(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(SFTTrainer, "train", boom)
+    spec = small_spec()
+    with pytest.raises(TrainingError, match="lower training.batch_size.*qlora"):
+        finetune(spec.arm("tiny-llama"), spec.training, spec.peft, data_dir, tmp_path / "m")

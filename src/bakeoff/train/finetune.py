@@ -63,11 +63,14 @@ class TrainResult:
         return asdict(self)
 
     def metrics(self) -> dict[str, float]:
-        """Scalar figures for KFP Metrics (no None values)."""
+        """Scalar figures for KFP Metrics (no None values), the validation curve as one scalar per evaluation."""
         keys = ("seconds", "steps", "train_tokens", "tokens_per_second", "gpu_hours", "cost_usd",
                 "trainable_params", "final_train_loss", "final_validation_loss", "best_step",
                 "best_validation_loss", "peak_memory_gb")
-        return {k: float(getattr(self, k)) for k in keys if getattr(self, k) is not None}
+        out = {k: float(getattr(self, k)) for k in keys if getattr(self, k) is not None}
+        for point in self.loss_history.get("validation", []):
+            out[f"validation_loss/step_{point['step']:06d}"] = float(point["loss"])
+        return out
 
 
 def resolve_precision(precision: str, device: str) -> str:
