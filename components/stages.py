@@ -24,11 +24,9 @@ def prepare_data(spec_json: str, data: Output[Dataset]):
 def finetune(spec_json: str, arm: str, data: Input[Dataset], model: Output[Model], metrics: Output[Metrics]):
     """Fine-tune one arm; the Model artifact holds the adapter and training.json."""
     from bakeoff.spec import spec_from_json
-    from bakeoff.train import finetune as run
+    from bakeoff.train.launch import finetune_arm
 
-    spec = spec_from_json(spec_json)
-    result = run(spec.arm(arm), spec.training, spec.arm_peft(arm), data.path, model.path, spec.seed, spec.cost,
-                 checkpoint_uri=spec.checkpoint_uri(arm))
+    result = finetune_arm(spec_from_json(spec_json), arm, data.path, model.path)
     for name, value in result.metrics().items():
         metrics.log_metric(name, value)
 

@@ -106,3 +106,17 @@ def test_sigterm_saves_a_checkpoint_and_exits_for_a_retry(tmp_path, cache_env):
     assert stopped >= 10 and local_complete(root, stopped)  # saved where it stopped, not at the last cadence
     record = finish(spec, tmp_path)
     assert record["steps"] == MAX_STEPS and record["resumed_from_step"] == stopped
+
+
+def test_two_processes_train_data_parallel_and_rank_0_writes(tmp_path, cache_env):
+    from bakeoff.cli import main
+
+    spec = write_spec(tmp_path, str(tmp_path / "ckpt"))
+    data = yaml.safe_load(spec.read_text())
+    data["training"].update(max_steps=8, eval_steps=4)
+    spec.write_text(yaml.safe_dump(data))
+    assert main(["finetune", str(spec), "--arm", "tiny-llama", "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "out"), "--processes", "2"]) == 0
+    record = json.loads((tmp_path / "out" / "training.json").read_text())
+    assert record["world_size"] == 2 and record["steps"] == 8
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()

@@ -67,13 +67,12 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
-    from bakeoff.train import finetune
+    from bakeoff.train.launch import finetune_arm
 
     spec = load_spec(args.spec)
-    arm = spec.arm(args.arm)
-    result = finetune(arm, spec.training, spec.arm_peft(arm), args.data, args.out, spec.seed, spec.cost,
-                      checkpoint_uri=spec.checkpoint_uri(arm))
-    print(json.dumps(result.metrics()))
+    result = finetune_arm(spec, args.arm, args.data, args.out, processes=args.processes)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, one report
+        print(json.dumps(result.metrics()))
     return 0
 
 
@@ -151,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arm", required=True)
     s.add_argument("--data", required=True, help="the prepare stage's output folder")
     s.add_argument("--out", required=True)
+    s.add_argument("--processes", type=int, help="data-parallel processes (default: one per GPU the spec asks "
+                   "for, when visible); more than 1 relaunches under torchrun")
     s.set_defaults(func=_cmd_finetune)
 
     s = sub.add_parser("generate", help="generate answers on the test split for one arm")

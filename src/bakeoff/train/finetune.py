@@ -58,6 +58,7 @@ class TrainResult:
     resumed_from_step: int | None = None
     artifact: str = "adapter"  # "adapter" (PEFT methods) or "model" (full fine-tuning)
     quantization: str | None = None
+    world_size: int = 1  # processes (one per GPU) that trained together
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,7 +98,7 @@ def _progress_callback():
             self.start_step, self.last_tokens = state.global_step, None
 
         def on_log(self, args, state, control, logs=None, **kwargs):
-            if not logs or "loss" not in logs:
+            if not logs or "loss" not in logs or not state.is_world_process_zero:
                 return
             now = time.perf_counter()
             tokens = float(logs.get("num_tokens", 0))
@@ -119,8 +120,12 @@ def _checkpoint_callback(store: CheckpointStore, stop: dict[str, bool]):
         """Mark each saved checkpoint complete (and mirror it); on SIGTERM save once more and stop."""
 
         def on_save(self, args, state, control, **kwargs):
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()  # every rank has written its part of the checkpoint
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if path.is_dir():
+            if state.is_world_process_zero and path.is_dir():
                 store.mark_complete(path)
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -299,6 +304,8 @@ def finetune(
                         "the checkpoint is saved and a rerun resumes from it")
 
     steps = int(trainer.state.global_step)
+    world_size = int(trainer.args.world_size)
+    main_process = trainer.is_world_process_zero()
     history = history_from(trainer.state.log_history)
     resumed_from = _step_of(resume)
     if resumed_from is not None:
@@ -307,13 +314,9 @@ def finetune(
 
     artifact = "adapter" if method_config is not None else "model"
     saved = out / artifact
-    trainer.model.save_pretrained(saved, safe_serialization=True)
-    tokenizer.save_pretrained(saved)
-    if training.save_merged and method_config is not None:
-        _save_merged(arm, saved, out / "merged", dtype)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in trainer.model.parameters())
-    gpu_count = torch.cuda.device_count() if device == "cuda" else 0
+    gpu_count = world_size if device == "cuda" else 0  # one GPU per process
     gpu_type = torch.cuda.get_device_name(0) if gpu_count else None
     gpu_hours = seconds / 3600 * gpu_count
     price = cost.gpu_hour_usd if cost else None
@@ -347,7 +350,14 @@ def finetune(
         resumed_from_step=resumed_from,
         artifact=artifact,
         quantization="nf4-double-quant" if quant is not None else None,
+        world_size=world_size,
     )
+    if not main_process:
+        return result  # rank 0 writes the outputs
+    trainer.model.save_pretrained(saved, safe_serialization=True)
+    tokenizer.save_pretrained(saved)
+    if training.save_merged and method_config is not None:
+        _save_merged(arm, saved, out / "merged", dtype)
     (out / "training.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     (out / "loss_history.json").write_text(json.dumps(history, indent=2) + "\n")
     config = {"sft_config": {k: v for k, v in args.to_dict().items() if _jsonable(v)},
