@@ -134,6 +134,10 @@ def _training(results: dict, arms: list[str]) -> list[dict[str, str]]:
             "cost": "n/a" if t.get("cost_usd") is None else f"${t['cost_usd']:,.2f}",
             "params": params, "train_loss": _fmt(t.get("final_train_loss"), ".4f"),
             "val_loss": _fmt(t.get("final_validation_loss"), ".4f"),
+            "best": "n/a" if t.get("best_step") is None else
+            f"{_fmt(t.get('best_validation_loss'), '.4f')} at step {t['best_step']}",
+            "memory": _fmt(t.get("peak_memory_gb"), ".2f"),
+            "resumed": "no" if t.get("resumed_from_step") is None else f"from step {t['resumed_from_step']}",
         })
     return out
 
@@ -143,6 +147,7 @@ TRAINING_FIELDS = [
     ("steps", "Steps"), ("epochs", "Epochs"), ("wall", "Wall time"), ("tokens", "Train tokens"),
     ("tps", "Tokens/s"), ("gpu_hours", "GPU hours"), ("cost", "Cost (USD)"), ("params", "Trainable / total params"),
     ("train_loss", "Final train loss"), ("val_loss", "Final validation loss"),
+    ("best", "Kept: lowest validation loss"), ("memory", "Peak memory (GB)"), ("resumed", "Resumed"),
 ]
 
 
