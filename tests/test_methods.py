@@ -141,3 +141,16 @@ def test_out_of_memory_says_what_to_change(data_dir, tmp_path, cache_env, monkey
     spec = small_spec()
     with pytest.raises(TrainingError, match="lower training.batch_size.*qlora"):
         finetune(spec.arm("tiny-llama"), spec.training, spec.peft, data_dir, tmp_path / "m")
+
+
+@pytest.mark.parametrize(("distributed", "world", "expected"), [
+    ("fsdp", "2", {"fsdp": True, "fsdp_config": {"reshard_after_forward": True, "activation_checkpointing": True}}),
+    ("fsdp", "1", {}),
+    ("ddp", "2", {}),
+])
+def test_fsdp_settings_only_with_several_processes(distributed, world, expected, monkeypatch):
+    from bakeoff.spec import TrainingSpec
+    from bakeoff.train.finetune import _fsdp_args
+
+    monkeypatch.setenv("WORLD_SIZE", world)
+    assert _fsdp_args(TrainingSpec(distributed=distributed), grad_ckpt=True) == expected

@@ -71,7 +71,8 @@ def _cmd_finetune(args) -> int:
 
     spec = load_spec(args.spec)
     result = finetune_arm(spec, args.arm, args.data, args.out, processes=args.processes)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, one report
+    # one report: the launcher's (its ranks stay quiet), or rank 0's under a torchrun started by hand
+    if not os.environ.get("BAKEOFF_LAUNCHED") and os.environ.get("RANK", "0") == "0":
         print(json.dumps(result.metrics()))
     return 0
 

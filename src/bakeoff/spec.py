@@ -203,6 +203,10 @@ class TrainingSpec(_Strict):
         "the batch's rows without padding (rows are not truncated to max_seq_length: bound them with "
         "data.max_instruction_tokens); packing: fill max_seq_length windows with several rows"
     )
+    distributed: Literal["ddp", "fsdp"] = Field(
+        default="ddp", description="with several GPUs: ddp replicates the model on each; fsdp shards it "
+        "(for models that do not fit one GPU)"
+    )
     group_by_length: bool = Field(default=False, description="batch rows of similar length together (less padding)")
     keep_best: bool = Field(default=True, description="the result is the checkpoint with the lowest validation loss")
     early_stopping_patience: int | None = Field(

@@ -59,6 +59,7 @@ class TrainResult:
     artifact: str = "adapter"  # "adapter" (PEFT methods) or "model" (full fine-tuning)
     quantization: str | None = None
     world_size: int = 1  # processes (one per GPU) that trained together
+    distributed: str | None = None  # "ddp" or "fsdp" when world_size > 1
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -231,6 +232,7 @@ def finetune(
         log.warning("discarded incomplete checkpoints %s (cut short before they were marked complete)", discarded)
     resume = store.latest()
     save_steps = training.checkpoint_steps or training.eval_steps
+    fsdp = _fsdp_args(training, grad_ckpt)
     args = SFTConfig(
         output_dir=str(local_ckpt),
         num_train_epochs=training.epochs,
@@ -247,10 +249,11 @@ def finetune(
         padding_free=training.batching == "padding-free",
         packing=training.batching == "packing",
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
+        **fsdp,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device == "cpu",
-        gradient_checkpointing=grad_ckpt,
+        gradient_checkpointing=grad_ckpt and not fsdp,
         logging_steps=training.logging_steps,
         eval_strategy="steps",
         eval_steps=training.eval_steps,
@@ -351,6 +354,7 @@ def finetune(
         artifact=artifact,
         quantization="nf4-double-quant" if quant is not None else None,
         world_size=world_size,
+        distributed=("fsdp" if trainer.is_fsdp_enabled else "ddp") if world_size > 1 else None,
     )
     if not main_process:
         return result  # rank 0 writes the outputs
@@ -370,6 +374,17 @@ def finetune(
     log.info("arm %s: %d steps in %.1f s, best validation loss %s at step %s", arm.name, steps, seconds,
              result.best_validation_loss, result.best_step)
     return result
+
+
+def _fsdp_args(training: TrainingSpec, grad_ckpt: bool) -> dict[str, Any]:
+    """FSDP settings when the spec asks for sharding and several processes run (torchrun); else none."""
+    import os
+
+    if training.distributed != "fsdp" or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return {}
+    # activation checkpointing belongs to FSDP here; the Trainer's own would checkpoint twice
+    # FSDP2, fully sharded, wrapping each transformer block (the Trainer's default policy)
+    return {"fsdp": True, "fsdp_config": {"reshard_after_forward": True, "activation_checkpointing": bool(grad_ckpt)}}
 
 
 def _save_merged(arm: ArmSpec, adapter_dir: Path, merged_dir: Path, dtype) -> None:

@@ -49,7 +49,7 @@ def finetune_arm(spec: ExperimentSpec, arm: str, data_dir: str | Path, out_dir: 
                "-m", "bakeoff.cli", "finetune", str(spec_file), "--arm", arm, "--data", str(data_dir),
                "--out", str(out_dir), "--processes", "1"]
         log.info("training %s on %d processes: %s", arm, processes, " ".join(cmd))
-        done = subprocess.run(cmd, check=False)
+        done = subprocess.run(cmd, check=False, env={**os.environ, "BAKEOFF_LAUNCHED": "1"})
     if done.returncode != 0:
         raise TrainingError(f"arm {arm}: the {processes}-process training run failed (exit {done.returncode}); "
                             "its log above says why")
