@@ -165,3 +165,13 @@ def test_write_report(results: dict, tmp_path: Path) -> None:
     assert all(p.is_file() for p in paths.values())
     assert json.loads(paths["results"].read_text(encoding="utf-8")) == results
     assert paths["html"].read_text(encoding="utf-8") == render_html(results)
+
+
+def test_paired_comparisons_shown_with_interval_and_p_value(results: dict) -> None:
+    results = {**results, "comparisons": [
+        {"arm": "tiny-llama", "variant": "fine-tuned", "baseline": "base-zero-shot", "metric": "exact_match",
+         "mean": 0.15, "ci95": [0.05, 0.25], "p_value": 0.0021, "n": 100},
+    ]}
+    page, md = render_html(results), render_markdown(results)
+    for text in (page, md):
+        assert "tiny-llama vs base-zero-shot" in text and "+0.150 [+0.050, +0.250] p=0.0021" in text

@@ -15,7 +15,7 @@ from typing import Any
 
 from bakeoff.evaluate.judge import Judge
 from bakeoff.evaluate.metrics import exact_match
-from bakeoff.evaluate.stats import mean_ci95
+from bakeoff.evaluate.stats import mean_ci95, paired_difference
 from bakeoff.generate.generate import read_generations
 from bakeoff.jsonl import read_jsonl, write_jsonl
 from bakeoff.spec import EvaluationSpec
@@ -92,10 +92,32 @@ def evaluate(
         "arm": arm,
         "metric_status": status,
         "metrics": summary,
+        "comparisons": compare_variants(rows, scores, [m for m in evaluation.metrics if status[m] == "ok"], seed),
         "health": {**adapter_guard(rows), "judge": judge_stats},
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def compare_variants(rows: list[dict], scores: dict, metrics: list[str], seed: int) -> list[dict[str, Any]]:
+    """Fine-tuned minus each base variant, per metric, paired on the samples both scored."""
+    index = {(r["id"], r["variant"]): i for i, r in enumerate(rows)}
+    ids = list(dict.fromkeys(r["id"] for r in rows))
+    out = []
+    for baseline in ("base-zero-shot", "base-few-shot"):
+        for name in metrics:
+            pairs = []
+            for sid in ids:
+                if (sid, "fine-tuned") in index and (sid, baseline) in index:
+                    a = scores[index[(sid, "fine-tuned")]].get(name)
+                    b = scores[index[(sid, baseline)]].get(name)
+                    if a is not None and b is not None:
+                        pairs.append((a, b))
+            if not any((sid, baseline) in index for sid in ids):
+                continue
+            diff = paired_difference([a for a, _ in pairs], [b for _, b in pairs], seed=seed)
+            out.append({"variant": "fine-tuned", "baseline": baseline, "metric": name, **diff})
+    return out
 
 
 def _question(row: dict) -> str:

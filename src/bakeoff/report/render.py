@@ -100,7 +100,27 @@ def _summary(results: dict, metrics: list[str], status: dict[str, str]) -> list[
 
 
 def _deltas(results: dict, arms: list[str], metrics: list[str]) -> list[dict[str, Any]]:
-    """Fine-tuned minus base-zero-shot mean per arm and metric ("n/a" where either is missing)."""
+    """Fine-tuned minus each base variant per arm and metric: the paired difference with its interval and
+    p-value where ``comparisons`` has it, else the difference of the means ("n/a" where either is missing)."""
+    comparisons = results.get("comparisons") or []
+    if comparisons:
+        out = []
+        for arm in arms:
+            for baseline in ("base-zero-shot", "base-few-shot"):
+                cells = {c["metric"]: c for c in comparisons if c.get("arm") == arm and c.get("baseline") == baseline}
+                if not cells:
+                    continue
+                values = []
+                for metric in metrics:
+                    c = cells.get(metric)
+                    if not c or c.get("mean") is None:
+                        values.append("n/a")
+                        continue
+                    ci = c.get("ci95") or [None, None]
+                    values.append(f"{c['mean']:+.3f} [{_fmt(ci[0], '+.3f')}, {_fmt(ci[1], '+.3f')}] "
+                                  f"p={_fmt(c.get('p_value'), '.4f')}")
+                out.append({"arm": f"{arm} vs {baseline}", "values": values})
+        return out
     by_key = {(r.get("arm"), r.get("variant")): r for r in results.get("rows") or []}
     out = []
     for arm in arms:
@@ -288,7 +308,7 @@ def render_markdown(results: dict) -> str:
                                           [[r["arm"], r["variant"]] + [md_cell(x) for x in r["cells"]]
                                            for r in c["rows"]])
     out += [f"- `{m}`: {html.escape(note, quote=False)}" for m, note in c["metric_notes"]]
-    out += ["", "Fine-tuned minus base zero-shot:", ""]
+    out += ["", "Fine-tuned minus base (paired: mean difference [95% interval], p-value):", ""]
     out += _md_table(["Arm"] + c["metrics"], [[d["arm"]] + d["values"] for d in c["deltas"]])
     out += ["## Training", ""] + _md_table([""] + [t["arm"] for t in c["training"]],
                                            [[label] + [t[k] for t in c["training"]] for k, label in TRAINING_FIELDS])

@@ -40,7 +40,7 @@ def build_results(
     missing = [a.name for a in spec.arms if a.name not in training or a.name not in evals]
     if missing:
         raise ValueError(f"report: no training or evaluation artifacts for arm(s) {', '.join(missing)}")
-    rows, health, samples, status = [], {}, [], {}
+    rows, health, samples, status, comparisons = [], {}, [], {}, []
     for arm in spec.arms:
         summary, arm_samples = evals[arm.name]
         status.update({k: v for k, v in summary["metric_status"].items() if k not in status or v != "ok"})
@@ -52,6 +52,7 @@ def build_results(
                 "metrics": summary["metrics"][variant],
             })
         health[arm.name] = summary["health"]
+        comparisons += [{"arm": arm.name, **c} for c in summary.get("comparisons", [])]
         samples += arm_samples
     stats = {k: v for k, v in data_stats.items() if k not in ("out_dir", "files")}
     return {
@@ -65,6 +66,7 @@ def build_results(
         "metric_status": status,
         "rows": rows,
         "training": {a.name: training[a.name] for a in spec.arms},
+        "comparisons": comparisons,
         "health": health,
         "samples": samples,
     }
