@@ -35,6 +35,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_prepare.py
 	$(BIN)/python bench/bench_train.py
+	$(BIN)/python bench/bench_eval.py
 
 ## compile: write the KFP YAML of EXPERIMENT to build/<name>.yaml
 compile: $(STAMP)

@@ -37,3 +37,17 @@ def test_train_bench_compares_the_stage_with_both_baselines(tmp_path, cache_env)
     # padding every row to 1024 tokens wastes nearly all the compute on these short rows
     assert tps["naive_padded_1024"] < tps["trl_dynamic_padding"]
     assert results["train_speedup_vs_naive"] == round(tps["stage_defaults"] / tps["naive_padded_1024"], 2)
+
+
+def test_eval_bench_compares_batched_generation_and_concurrent_judging(tmp_path, cache_env):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench_eval
+    finally:
+        sys.path.pop(0)
+    results = bench_eval.main(["--repeats", "1", "--prompts", "8", "--judgments", "9", "--latency", "0.05",
+                               "--out", str(tmp_path / "eval.json")])
+    assert results["generation"]["batched_seconds"] > 0 and results["judge"]["serial_seconds"] > 0
+    # 9 calls of 50 ms: serial takes at least 0.45 s; 8 workers need two rounds after the first call
+    assert results["judge"]["serial_seconds"] >= 0.45
+    assert results["judge_speedup_concurrency8_vs_serial"] > 1
