@@ -14,9 +14,11 @@ from bakeoff.images import image_for
 def prepare_data(spec_json: str, data: Output[Dataset]):
     """Read, check, template and split the spec's data into train / validation / test."""
     from bakeoff.data.prepare import prepare_for_arms
+    from bakeoff.evaluate.evaluate import preflight
     from bakeoff.spec import spec_from_json
 
     spec = spec_from_json(spec_json)
+    preflight(spec.evaluation)  # a judge that cannot be reached fails now, before any GPU-hour is spent
     prepare_for_arms(spec.data, [arm.model for arm in spec.arms], spec.seed, data.path)
 
 
@@ -34,10 +36,12 @@ def finetune(spec_json: str, arm: str, data: Input[Dataset], model: Output[Model
 @dsl.component(base_image=image_for("generate"), install_kfp_package=False)
 def generate(spec_json: str, arm: str, data: Input[Dataset], model: Input[Model], generations: Output[Dataset]):
     """Answer the test split with the fine-tuned model and its base model (each variant)."""
+    from bakeoff.evaluate.evaluate import preflight
     from bakeoff.generate import generate as run
     from bakeoff.spec import spec_from_json
 
     spec = spec_from_json(spec_json)
+    preflight(spec.evaluation)  # and again before generating: the endpoint may have gone since
     run(spec.arm(arm), spec.generation, spec.variants, data.path, model.path, generations.path,
         template=spec.data.template, seed=spec.seed)
 

@@ -290,6 +290,8 @@ class JudgeSpec(_Strict):
     max_retries: int = Field(default=3, ge=0)
     timeout_s: float = Field(default=60, gt=0)
     max_tokens: int = Field(default=512, gt=0)
+    usd_per_1m_input_tokens: float | None = Field(default=None, ge=0, description="price, for the cost shown")
+    usd_per_1m_output_tokens: float | None = Field(default=None, ge=0)
 
 
 class EvaluationSpec(_Strict):

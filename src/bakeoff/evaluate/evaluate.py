@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bakeoff.evaluate.judge import Judge
+from bakeoff.evaluate.judge import Judge, check_endpoint
 from bakeoff.evaluate.metrics import exact_match
 from bakeoff.evaluate.stats import mean_ci95, paired_difference
 from bakeoff.generate.generate import read_generations
@@ -34,6 +34,12 @@ def metric_status(evaluation: EvaluationSpec) -> dict[str, str]:
         else:
             status[name] = "ok"
     return status
+
+
+def preflight(evaluation: EvaluationSpec) -> None:
+    """Check the configured endpoints before any paid work (training, generation) starts."""
+    if "judge" in evaluation.metrics and evaluation.judge is not None:
+        check_endpoint(evaluation.judge)
 
 
 def summarise(scores: list[float | None], seed: int) -> dict[str, Any]:
@@ -73,7 +79,7 @@ def evaluate(
         for i, j in enumerate(judgments):
             scores[i]["judge"] = j.rating
             explanations[i] = j.explanation or (j.error or "")
-        judge_stats = judge.stats.to_dict()
+        judge_stats = judge.summary()
         log.info("judge: %s", judge_stats)
 
     variants = list(dict.fromkeys(r["variant"] for r in rows))

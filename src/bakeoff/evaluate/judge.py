@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 from bakeoff.errors import EvaluationError
 from bakeoff.spec import JudgeSpec
@@ -48,6 +50,31 @@ USER_TEMPLATE = (
 )
 
 _RATING = re.compile(r"\[\[\s*([0-9]+(?:\.[0-9]+)?)\s*\]\]")
+
+
+def check_endpoint(spec: JudgeSpec, client=None) -> None:
+    """Fail before any paid work when the judge cannot be used: no API key for a remote endpoint, or an
+    endpoint that does not answer (after the spec's retries). Any HTTP answer counts as reachable."""
+    import openai
+
+    host = urlparse(spec.base_url).hostname or ""
+    local = host in ("localhost", "::1") or host.startswith("127.") or host.endswith(".svc") or \
+        host.endswith(".svc.cluster.local")
+    if not os.environ.get(spec.api_key_env) and not local:
+        raise EvaluationError(f"judge endpoint {spec.base_url} needs an API key: set {spec.api_key_env} "
+                              "(on Kubernetes, from the judge API key Secret)")
+    if client is None:
+        client = openai.OpenAI(base_url=spec.base_url, api_key=os.environ.get(spec.api_key_env) or "EMPTY",
+                               max_retries=spec.max_retries, timeout=min(spec.timeout_s, 30))
+    try:
+        client.models.list()
+    except (openai.APIConnectionError, openai.APITimeoutError) as exc:
+        raise EvaluationError(f"judge endpoint {spec.base_url} is unreachable ({exc}); check "
+                              "evaluation.judge.base_url and that the server is up") from exc
+    except openai.AuthenticationError as exc:
+        raise EvaluationError(f"judge endpoint {spec.base_url} rejected the API key; check {spec.api_key_env}") from exc
+    except openai.APIStatusError:
+        pass  # it answered (some servers have no /models)
 
 
 def parse_rating(text: str) -> float | None:
@@ -113,6 +140,14 @@ class Judge:
             # Retries are ours (counted, with backoff), so the client's own are off.
             client = OpenAI(base_url=spec.base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=spec.timeout_s)
         self.client = client
+
+    def summary(self) -> dict[str, Any]:
+        """The counters, plus what the calls made this run cost (None without prices in the spec)."""
+        out: dict[str, Any] = self.stats.to_dict()
+        pin, pout = self.spec.usd_per_1m_input_tokens, self.spec.usd_per_1m_output_tokens
+        out["cost_usd"] = (round((out["prompt_tokens"] * (pin or 0) + out["completion_tokens"] * (pout or 0)) / 1e6, 6)
+                           if pin is not None or pout is not None else None)
+        return out
 
     def cache_key(self, question: str, reference: str, answer: str) -> str:
         payload = json.dumps([self.spec.model, PROMPT_VERSION, question, reference, answer], ensure_ascii=False)

@@ -1,0 +1,44 @@
+"""The judge endpoint is checked before any paid work: a missing key or a dead endpoint fails at once."""
+
+from __future__ import annotations
+
+import pytest
+from judge_stub import serve
+from s3_fixture import free_port
+
+from bakeoff.errors import EvaluationError
+from bakeoff.evaluate.evaluate import preflight
+from bakeoff.evaluate.judge import Judge, check_endpoint
+from bakeoff.spec import EvaluationSpec, JudgeSpec
+
+
+def test_a_live_local_endpoint_passes_without_a_key(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with serve() as server:
+        check_endpoint(JudgeSpec(base_url=server.base_url, model="j", max_retries=0))
+
+
+def test_a_remote_endpoint_without_its_key_fails_before_calling(monkeypatch):
+    monkeypatch.delenv("JUDGE_KEY", raising=False)
+    with pytest.raises(EvaluationError, match="needs an API key: set JUDGE_KEY"):
+        check_endpoint(JudgeSpec(base_url="https://judge.example.com/v1", model="j", api_key_env="JUDGE_KEY"))
+
+
+def test_a_dead_endpoint_fails_after_bounded_retries():
+    spec = JudgeSpec(base_url=f"http://127.0.0.1:{free_port()}/v1", model="j", max_retries=1, timeout_s=2)
+    with pytest.raises(EvaluationError, match="unreachable"):
+        preflight(EvaluationSpec(metrics=["exact_match", "judge"], judge=spec))
+    preflight(EvaluationSpec(metrics=["exact_match"], judge=spec))  # a judge not asked for is not checked
+
+
+def test_judge_cost_from_the_specs_prices(tmp_path):
+    with serve() as server:
+        spec = JudgeSpec(base_url=server.base_url, model="j", usd_per_1m_input_tokens=2.5,
+                         usd_per_1m_output_tokens=10.0)
+        judge = Judge(spec, cache_dir=tmp_path)
+        judge.judge_many([("q", "r", f"a{i}") for i in range(4)])
+        summary = judge.summary()
+    assert summary["calls"] == 4
+    expected = (summary["prompt_tokens"] * 2.5 + summary["completion_tokens"] * 10.0) / 1e6
+    assert summary["cost_usd"] == pytest.approx(expected) and summary["cost_usd"] > 0
+    assert Judge(JudgeSpec(base_url=server.base_url, model="j"), cache_dir=tmp_path).summary()["cost_usd"] is None
