@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -13,6 +16,48 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 NORMAL_REPLY = "Good. Rating: [[8]]"
 PROMPT_TOKENS, COMPLETION_TOKENS = 50, 7
 _PAIR = re.compile(r"Reference answer:\n(.*?)\n\nAssistant's answer:\n(.*?)\n\n", re.S)
+
+
+EMBED_DIM = 64
+_WORD = re.compile(r"\w+")
+_RAGAS_INPUT = re.compile(r"Now perform the same with the following input\ninput: (.*)\nOutput: ?$", re.S)
+
+
+def embed(text: str) -> list[float]:
+    """A deterministic hashed bag-of-words vector: equal texts have cosine 1, texts without words are all zeros."""
+    vector = [0.0] * EMBED_DIM
+    for word in _WORD.findall(text.lower()):
+        vector[int(hashlib.md5(word.encode()).hexdigest(), 16) % EMBED_DIM] += 1.0
+    return vector
+
+
+def _norm(text: str) -> str:
+    return " ".join(_WORD.findall(text.lower()))
+
+
+def _ragas_reply(prompt: str) -> str:
+    """A JSON reply to ragas's answer-correctness prompts, computed from the prompt's own input.
+
+    Statement generation: one statement per sentence of the answer. Classification: an answer
+    statement is TP when some ground-truth statement has the same words (case and punctuation
+    aside), else FP; unmatched ground-truth statements are FN.
+    """
+    match = _RAGAS_INPUT.search(prompt)
+    if not match:
+        return "not a ragas prompt"
+    data = json.loads(match.group(1))
+    if "ground_truth" in data:
+        truth = {_norm(s): s for s in data["ground_truth"]}
+        tp = [s for s in data["answer"] if _norm(s) in truth]
+        fp = [s for s in data["answer"] if _norm(s) not in truth]
+        matched = {_norm(s) for s in tp}
+        fn = [s for key, s in truth.items() if key not in matched]
+        item = lambda s, why: {"statement": s, "reason": why}  # noqa: E731
+        return json.dumps({"TP": [item(s, "in the ground truth") for s in tp],
+                           "FP": [item(s, "not in the ground truth") for s in fp],
+                           "FN": [item(s, "missing from the answer") for s in fn]})
+    sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", data.get("answer", "")) if s.strip()]
+    return json.dumps({"statements": sentences})
 
 
 def _grade(prompt: str) -> str:
@@ -28,6 +73,10 @@ class FakeJudgeServer:
     ``fail_first`` requests get 429), ``always-500``, ``slow`` (waits ``delay`` seconds first) and
     ``status`` (every request gets ``status_code``), and ``grade``: [[9]] when the answer equals the
     reference (case and spaces aside) and [[2]] otherwise, read back out of bakeoff's judge prompt.
+    ``ragas`` answers ragas's answer-correctness prompts with valid JSON (see ``_ragas_reply``).
+
+    ``POST /v1/embeddings`` answers in every mode with ``embed`` vectors (float lists, or base64
+    when the client asks for it), for the RAGAS tests.
     """
 
     def __init__(self):
@@ -73,6 +122,18 @@ class FakeJudgeServer:
             def _error(self, status: int, message: str, kind: str) -> None:
                 self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
 
+            def _embeddings(self, body: dict, n: int) -> None:
+                texts = body.get("input", [])
+                texts = [texts] if isinstance(texts, str) else list(texts)
+                data = []
+                for i, text in enumerate(texts):
+                    vector = embed(text)
+                    if body.get("encoding_format") == "base64":
+                        vector = base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+                    data.append({"object": "embedding", "index": i, "embedding": vector})
+                self._send(200, {"object": "list", "data": data, "model": body.get("model", "embed"),
+                                 "usage": {"prompt_tokens": len(texts), "total_tokens": len(texts)}})
+
             def do_POST(self):  # noqa: N802 - http.server's naming
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
@@ -81,6 +142,8 @@ class FakeJudgeServer:
                     n = server.requests
                     server.bodies.append(body)
                     server.headers.append(dict(self.headers))
+                if self.path == "/v1/embeddings":
+                    return self._embeddings(body, n)
                 if self.path != "/v1/chat/completions":
                     return self._error(404, f"no route {self.path}", "invalid_request_error")
                 mode = server.mode
@@ -95,6 +158,8 @@ class FakeJudgeServer:
                 content = "no idea" if mode == "garbage" else server.reply
                 if mode == "grade":
                     content = _grade(body["messages"][-1]["content"])
+                if mode == "ragas":
+                    content = _ragas_reply("\n".join(str(m.get("content") or "") for m in body["messages"]))
                 self._send(200, {
                     "id": f"chatcmpl-{n}",
                     "object": "chat.completion",

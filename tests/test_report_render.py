@@ -175,3 +175,12 @@ def test_paired_comparisons_shown_with_interval_and_p_value(results: dict) -> No
     page, md = render_html(results), render_markdown(results)
     for text in (page, md):
         assert "tiny-llama vs base-zero-shot" in text and "+0.150 [+0.050, +0.250] p=0.0021" in text
+
+
+def test_sql_and_ragas_health_shown(results: dict) -> None:
+    health = {arm: {**h, "sql": {"database": 40, "schema": 10, "failed": 2}, "ragas": {"version": "0.4.3", "nan": 1}}
+              for arm, h in results["health"].items()}
+    results = {**results, "health": health}
+    page, md = render_html(results), render_markdown(results)
+    for text in (page, md):
+        assert "database=40, schema=10, failed=2" in text and "version=0.4.3, nan=1" in text

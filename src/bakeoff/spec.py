@@ -294,9 +294,43 @@ class JudgeSpec(_Strict):
     usd_per_1m_output_tokens: float | None = Field(default=None, ge=0)
 
 
+class ExactMatchSpec(_Strict):
+    """Exact match after NFKC, whitespace collapsing and trailing punctuation and quote removal."""
+
+    case_sensitive: bool = False
+
+
+class SqlEvalSpec(_Strict):
+    """SQL execution accuracy: on the example's own database (``meta.db_id`` in ``databases``), else on
+    databases filled with seeded synthetic rows from the example's CREATE TABLE context."""
+
+    databases: str | None = Field(default=None, description="a folder of <db_id>.sqlite files (relative to the spec)")
+    timeout_s: float = Field(default=5.0, gt=0)
+    synthetic_databases: int = Field(default=3, gt=0)
+
+
+class RagasSpec(_Strict):
+    """RAGAS answer correctness and semantic similarity: an OpenAI-compatible LLM (the judge's by default)
+    and an OpenAI-compatible embeddings endpoint (the LLM's by default)."""
+
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    embeddings_base_url: str | None = None
+    embeddings_model: str = "text-embedding-3-small"
+    embeddings_api_key_env: str | None = None
+    concurrency: int = Field(default=4, gt=0)
+    timeout_s: float = Field(default=60, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+
+
 class EvaluationSpec(_Strict):
-    metrics: list[Literal["exact_match", "judge"]] = Field(default_factory=lambda: list(METRICS), min_length=1)
+    metrics: list[Literal["exact_match", "judge", "answer_correctness", "answer_similarity", "sql_execution",
+                          "mr_match"]] = Field(default_factory=lambda: list(METRICS), min_length=1)
     judge: JudgeSpec | None = None
+    ragas: RagasSpec | None = Field(default=None, description="settings for the RAGAS metrics (default: the judge's)")
+    exact_match: ExactMatchSpec = ExactMatchSpec()
+    sql: SqlEvalSpec = SqlEvalSpec()
 
     @field_validator("metrics")
     @classmethod
@@ -505,6 +539,12 @@ def load_spec(path: str | Path) -> ExperimentSpec:
 
 
 def _resolve_relative_sources(data: dict, base: Path) -> dict:
+    evaluation = data.get("evaluation")
+    sql = evaluation.get("sql") if isinstance(evaluation, dict) else None
+    if isinstance(sql, dict) and isinstance(sql.get("databases"), str) and "://" not in sql["databases"]:
+        if not Path(sql["databases"]).is_absolute():
+            sql = {**sql, "databases": str((base / sql["databases"]).resolve())}
+            data = {**data, "evaluation": {**evaluation, "sql": sql}}
     sources = (data.get("data") or {}).get("sources") if isinstance(data.get("data"), dict) else None
     if not isinstance(sources, list):
         return data

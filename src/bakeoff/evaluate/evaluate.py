@@ -13,9 +13,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bakeoff.errors import EvaluationError
 from bakeoff.evaluate.judge import Judge, check_endpoint
 from bakeoff.evaluate.metrics import exact_match
 from bakeoff.evaluate.stats import mean_ci95, paired_difference
+from bakeoff.evaluate.viggo import mr_match, slot_scores
 from bakeoff.generate.generate import read_generations
 from bakeoff.jsonl import read_jsonl, write_jsonl
 from bakeoff.spec import EvaluationSpec
@@ -25,12 +27,49 @@ log = logging.getLogger(__name__)
 NOT_CONFIGURED = "not configured"
 
 
-def metric_status(evaluation: EvaluationSpec) -> dict[str, str]:
-    """Per listed metric: ``ok`` or why it cannot produce values (for the report)."""
-    status = {}
+RAGAS = ("answer_correctness", "answer_similarity")
+SLOT_METRICS = ("mr_slot_precision", "mr_slot_recall", "mr_slot_f1")
+
+
+def metric_names(evaluation: EvaluationSpec) -> list[str]:
+    """The metrics an evaluation reports: the spec's, with mr_match's slot scores beside it."""
+    names = []
     for name in evaluation.metrics:
+        names.append(name)
+        if name == "mr_match":
+            names += SLOT_METRICS
+    return names
+
+
+def ragas_settings(evaluation: EvaluationSpec):
+    """The RAGAS settings, filled from the judge's where the spec leaves them out; None if neither is set."""
+    from bakeoff.evaluate.ragas_metrics import RagasSettings
+
+    r, j = evaluation.ragas, evaluation.judge
+    base_url = (r and r.base_url) or (j and j.base_url)
+    model = (r and r.model) or (j and j.model)
+    if not base_url or not model:
+        return None
+    return RagasSettings(
+        llm_base_url=base_url, llm_model=model,
+        llm_api_key_env=(r and r.api_key_env) or (j and j.api_key_env) or "OPENAI_API_KEY",
+        embeddings_base_url=r.embeddings_base_url if r else None,
+        embeddings_model=r.embeddings_model if r else "text-embedding-3-small",
+        embeddings_api_key_env=r.embeddings_api_key_env if r else None,
+        concurrency=r.concurrency if r else 4, timeout_s=r.timeout_s if r else 60,
+        max_retries=r.max_retries if r else 3,
+    )
+
+
+def metric_status(evaluation: EvaluationSpec) -> dict[str, str]:
+    """Per reported metric: ``ok`` or why it cannot produce values (for the report)."""
+    status = {}
+    has_ragas = (evaluation.ragas and evaluation.ragas.base_url and evaluation.ragas.model) or evaluation.judge
+    for name in metric_names(evaluation):
         if name == "judge" and evaluation.judge is None:
             status[name] = f"{NOT_CONFIGURED}: the spec has no evaluation.judge"
+        elif name in RAGAS and not has_ragas:
+            status[name] = f"{NOT_CONFIGURED}: the spec has neither evaluation.ragas (base_url, model) nor a judge"
         else:
             status[name] = "ok"
     return status
@@ -67,9 +106,25 @@ def evaluate(
     scores: dict[int, dict[str, float | None]] = defaultdict(dict)
     explanations: dict[int, str] = {}
 
+    reasons: dict[int, dict[str, str]] = defaultdict(dict)
+    health_extra: dict[str, Any] = {}
     if "exact_match" in evaluation.metrics:
         for i, row in enumerate(rows):
-            scores[i]["exact_match"] = exact_match(row["reference"], row["answer"])
+            scores[i]["exact_match"] = exact_match(row["reference"], row["answer"],
+                                                   evaluation.exact_match.case_sensitive)
+    if "mr_match" in evaluation.metrics:
+        for i, row in enumerate(rows):
+            try:
+                scores[i]["mr_match"] = 1.0 if mr_match(row["reference"], row["answer"]) else 0.0
+                p, r, f = slot_scores(row["reference"], row["answer"])
+                scores[i].update(mr_slot_precision=p, mr_slot_recall=r, mr_slot_f1=f)
+            except EvaluationError as exc:  # the reference itself is no meaning representation
+                scores[i].update({m: None for m in ("mr_match", *SLOT_METRICS)})
+                reasons[i]["mr_match"] = str(exc)
+    if "sql_execution" in evaluation.metrics:
+        health_extra["sql"] = _score_sql(rows, evaluation, scores, reasons, out)
+    if any(m in evaluation.metrics for m in RAGAS) and status[next(m for m in RAGAS if m in status)] == "ok":
+        health_extra["ragas"] = _score_ragas(rows, evaluation, scores, reasons)
 
     judge_stats = None
     if "judge" in evaluation.metrics and evaluation.judge is not None:
@@ -79,6 +134,8 @@ def evaluate(
         for i, j in enumerate(judgments):
             scores[i]["judge"] = j.rating
             explanations[i] = j.explanation or (j.error or "")
+            if j.error:
+                reasons[i]["judge"] = j.error
         judge_stats = judge.summary()
         log.info("judge: %s", judge_stats)
 
@@ -87,22 +144,69 @@ def evaluate(
     for variant in variants:
         idx = [i for i, r in enumerate(rows) if r["variant"] == variant]
         summary[variant] = {}
-        for name in evaluation.metrics:
+        for name in metric_names(evaluation):
             if not status[name].startswith("ok"):
                 summary[variant][name] = {"mean": None, "ci95": None, "n": 0, "failures": 0, "status": NOT_CONFIGURED}
             else:
                 summary[variant][name] = summarise([scores[i].get(name) for i in idx], seed)
 
-    write_jsonl(out / "samples.jsonl", _samples(arm, rows, scores, explanations))
+    write_jsonl(out / "samples.jsonl", _samples(arm, rows, scores, explanations, reasons))
     result = {
         "arm": arm,
         "metric_status": status,
         "metrics": summary,
-        "comparisons": compare_variants(rows, scores, [m for m in evaluation.metrics if status[m] == "ok"], seed),
-        "health": {**adapter_guard(rows), "judge": judge_stats},
+        "comparisons": compare_variants(rows, scores, [m for m in metric_names(evaluation) if status[m] == "ok"],
+                                        seed),
+        "health": {**adapter_guard(rows), "judge": judge_stats, **health_extra},
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def _score_sql(rows: list[dict], evaluation: EvaluationSpec, scores: dict, reasons: dict, out: Path) -> dict:
+    """Execution accuracy per answer: on the example's database when the spec's folder has it, else on
+    synthetic databases built from the CREATE TABLE context. Counts which mode each answer used."""
+    from bakeoff.evaluate.sql import execution_match, execution_match_schema
+
+    cfg = evaluation.sql
+    folder = Path(cfg.databases) if cfg.databases else None
+    modes = {"database": 0, "schema": 0, "failed": 0}
+    for i, row in enumerate(rows):
+        db_id = (row.get("meta") or {}).get("db_id")
+        try:
+            if folder is not None and db_id and (folder / f"{db_id}.sqlite").is_file():
+                ok = execution_match(folder / f"{db_id}.sqlite", row["reference"], row["answer"], cfg.timeout_s)
+                modes["database"] += 1
+            elif "CREATE TABLE" in (row.get("input") or "").upper():
+                ok = execution_match_schema(row["input"], row["reference"], row["answer"], seed=0,
+                                            n=cfg.synthetic_databases, timeout_s=cfg.timeout_s,
+                                            workdir=out / "sql-databases")
+                modes["schema"] += 1
+            else:
+                raise EvaluationError("no database for this example (meta.db_id in evaluation.sql.databases) "
+                                      "and no CREATE TABLE context to build one from")
+        except EvaluationError as exc:  # the gold query or the context is at fault: a counted failure
+            scores[i]["sql_execution"] = None
+            reasons[i]["sql_execution"] = str(exc)
+            modes["failed"] += 1
+            continue
+        scores[i]["sql_execution"] = 1.0 if ok else 0.0
+    if modes["failed"]:
+        log.warning("sql_execution: %d answers could not be scored", modes["failed"])
+    return modes
+
+
+def _score_ragas(rows: list[dict], evaluation: EvaluationSpec, scores: dict, reasons: dict) -> dict:
+    from bakeoff.evaluate.ragas_metrics import RagasScorer
+
+    scorer = RagasScorer(ragas_settings(evaluation))
+    wanted = tuple(m for m in RAGAS if m in evaluation.metrics)
+    values, why = scorer.score_many_with_reasons([(_question(r), r["reference"], r["answer"]) for r in rows],
+                                                 metrics=wanted)
+    for i, (v, w) in enumerate(zip(values, why, strict=True)):
+        scores[i].update(v)
+        reasons[i].update(w)
+    return {"version": scorer.version, **scorer.stats.to_dict()}
 
 
 def compare_variants(rows: list[dict], scores: dict, metrics: list[str], seed: int) -> list[dict[str, Any]]:
@@ -143,7 +247,7 @@ def adapter_guard(rows: list[dict]) -> dict[str, Any]:
     return {"adapter_applied": same < len(pairs), "identical_to_base": same}
 
 
-def _samples(arm: str, rows: list[dict], scores: dict, explanations: dict) -> list[dict]:
+def _samples(arm: str, rows: list[dict], scores: dict, explanations: dict, reasons: dict) -> list[dict]:
     merged: dict[str, dict] = {}
     for i, r in enumerate(rows):
         s = merged.setdefault(r["id"], {
@@ -153,6 +257,8 @@ def _samples(arm: str, rows: list[dict], scores: dict, explanations: dict) -> li
         })
         s["answers"][r["variant"]] = r["answer"]
         s["scores"][r["variant"]] = scores.get(i, {})
+        if reasons.get(i):
+            s.setdefault("failures", {})[r["variant"]] = reasons[i]
         if i in explanations:
             s["judge_explanations"][r["variant"]] = explanations[i]
     return list(merged.values())

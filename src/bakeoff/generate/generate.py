@@ -154,7 +154,7 @@ def generate(
         timing[variant] = round(time.perf_counter() - started, 3)
         for ex, ans in zip(test, answers, strict=True):
             rows.append({"id": ex["id"], "variant": variant, "instruction": ex["instruction"], "input": ex["input"],
-                         "reference": ex["reference"], **({"task": ex["task"]} if "task" in ex else {}), **ans})
+                         "reference": ex["reference"], **{k: ex[k] for k in ("task", "meta") if k in ex}, **ans})
         log.info("arm %s, %s: %d answers in %.1f s", arm.name, variant, len(answers), timing[variant])
     write_jsonl(out / "generations.jsonl", rows)
     summary = {"arm": arm.name, "model": arm.model, "variants": list(variants), "samples": len(test),

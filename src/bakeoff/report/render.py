@@ -250,7 +250,10 @@ def _context(results: dict) -> dict[str, Any]:
         h = (results.get("health") or {}).get(arm)
         if h is not None:
             health.append({"arm": arm, "adapter_applied": h.get("adapter_applied"),
-                           "identical": _fmt(h.get("identical_to_base")), "judge": h.get("judge")})
+                           "identical": _fmt(h.get("identical_to_base")), "judge": h.get("judge"),
+                           "others": {label: ", ".join(f"{k}={v}" for k, v in h[key].items())
+                                      for key, label in (("sql", "SQL execution (mode counts)"), ("ragas", "RAGAS"))
+                                      if isinstance(h.get(key), dict)}})
     data = results.get("data") or {}
     return {
         "name": experiment.get("name") or "unnamed",
@@ -320,8 +323,9 @@ def render_markdown(results: dict) -> str:
     for h in c["health"]:
         applied = {True: "yes", False: "NO (adapter probably not applied)"}.get(h["adapter_applied"], "unknown")
         judge = ", ".join(f"{k}={v}" for k, v in h["judge"].items()) if h["judge"] else "judge not configured"
-        health_rows.append([h["arm"], applied, h["identical"], judge])
-    out += _md_table(["Arm", "Adapter applied", "Identical to base", "Judge"], health_rows)
+        others = "; ".join(f"{label}: {text}" for label, text in h["others"].items()) or "-"
+        health_rows.append([h["arm"], applied, h["identical"], judge, others])
+    out += _md_table(["Arm", "Adapter applied", "Identical to base", "Judge", "Other metrics"], health_rows)
     return "\n".join(out).rstrip("\n") + "\n"
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bakeoff import __version__
-from bakeoff.evaluate.evaluate import read_evaluation
+from bakeoff.evaluate.evaluate import metric_names, read_evaluation
 from bakeoff.spec import ExperimentSpec
 from bakeoff.train.finetune import read_training
 
@@ -62,7 +62,7 @@ def build_results(
                        "spec": spec.model_dump(mode="json")},
         "versions": library_versions(),
         "data": stats,
-        "metrics": list(spec.evaluation.metrics),
+        "metrics": metric_names(spec.evaluation),
         "metric_status": status,
         "rows": rows,
         "training": {a.name: training[a.name] for a in spec.arms},
