@@ -170,7 +170,7 @@ def test_judge_normal_ratings_and_tokens(judge_server, tmp_path):
     assert all(j.explanation == NORMAL_REPLY and j.error is None and not j.cached for j in judgments)
     stats = judge.stats.to_dict()
     assert stats == {
-        "calls": len(ITEMS), "cached": 0, "parse_failures": 0, "errors": 0, "retries": 0,
+        "calls": len(ITEMS), "cached": 0, "parse_failures": 0, "errors": 0, "retries": 0, "unreachable": 0,
         "prompt_tokens": PROMPT_TOKENS * len(ITEMS), "completion_tokens": COMPLETION_TOKENS * len(ITEMS),
     }
     assert judge_server.requests == len(ITEMS)

@@ -110,6 +110,7 @@ class JudgeStats:
     parse_failures: int = 0
     errors: int = 0
     retries: int = 0
+    unreachable: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -254,11 +255,21 @@ class Judge:
         def safe(item: tuple[str, str, str]) -> Judgment:
             try:
                 return self.judge_one(*item)
+            except openai.APIConnectionError as exc:  # timeouts included: the endpoint went away
+                self.stats.add(unreachable=1)
+                return self._failed(exc)
             except openai.APIError as exc:
                 return self._failed(exc)
 
         with ThreadPoolExecutor(max_workers=self.spec.concurrency) as pool:
             rest = list(pool.map(safe, items[1:]))
+        if self.stats.unreachable:
+            made = len(items) - self.stats.unreachable
+            raise EvaluationError(
+                f"judge endpoint {self.spec.base_url} stopped answering mid-run: {self.stats.unreachable} of "
+                f"{len(items)} judgments failed to connect after {self.spec.max_retries} retries; the {made} made "
+                "are cached, so a rerun pays only for the rest"
+            )
         return [first, *rest]
 
     def _failed(self, exc: Exception) -> Judgment:
