@@ -99,3 +99,25 @@ def test_report_content(smoke_run):
     assert f"{tuned:.3f}" in html
     md = paths["markdown"].read_text()
     assert "| tiny-llama | fine-tuned |" in md and "| tiny-mixtral | base-zero-shot |" in md
+
+
+def test_summary_leads_costs_and_arm_differences(smoke_run):
+    _, _, results, _ = smoke_run
+    lead = next(x for x in results["leads"] if x["metric"] == "exact_match")
+    assert lead["best_arm"] in ("tiny-llama", "tiny-mixtral") and lead["runner_up"] != lead["best_arm"]
+    assert lead["lead"]["n"] == 100 and 0 <= lead["lead"]["p_value"] <= 1
+    assert lead["significant"] == (lead["lead"]["p_value"] < 0.05)
+    judge = next(x for x in results["comparisons"]
+                 if x["arm"] == "tiny-llama" and x["metric"] == "judge" and x["baseline"] == "base-zero-shot")
+    assert judge["mean"] > 0 and judge["p_value"] < 0.05  # the tuned arm gains on the grading judge
+    assert results["costs"]["tiny-llama"]["judge_gain"] > 0
+    assert [d["setting"] for d in results["arm_differences"]] == ["model"]
+
+
+def test_rebuilding_the_report_from_results_json_gives_the_same_page(smoke_run, tmp_path):
+    from bakeoff.cli import main
+
+    _, paths, _, _ = smoke_run
+    assert main(["report", str(paths["results"]), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "report.html").read_bytes() == paths["html"].read_bytes()
+    assert (tmp_path / "report.md").read_bytes() == paths["markdown"].read_bytes()

@@ -183,4 +183,23 @@ def test_sql_and_ragas_health_shown(results: dict) -> None:
     results = {**results, "health": health}
     page, md = render_html(results), render_markdown(results)
     for text in (page, md):
-        assert "database=40, schema=10, failed=2" in text and "version=0.4.3, nan=1" in text
+        assert "database=40, failed=2, schema=10" in text and "nan=1, version=0.4.3" in text
+
+
+def test_summary_says_whether_the_lead_is_significant_and_costs_are_shown(results: dict) -> None:
+    results = {**results,
+               "leads": [{"metric": "exact_match", "best_arm": "tiny-llama", "mean": 0.3, "ci95": [0.2, 0.4],
+                          "runner_up": "tiny-mixtral", "significant": False,
+                          "lead": {"mean": 0.05, "ci95": [-0.04, 0.14], "p_value": 0.31, "n": 100}}],
+               "costs": {"tiny-llama": {"training_usd": 1.5, "judge_usd": 0.25, "total_usd": 1.75, "judge_gain": 0.7,
+                                        "usd_per_judge_point": 2.5}},
+               "arm_differences": [{"setting": "model", "values": {"tiny-llama": "tiny://llama",
+                                                                   "tiny-mixtral": "tiny://mixtral"}}],
+               "data": {**results["data"], "token_lengths": {"test": {"prompt": {"p50": 25, "p90": 29, "p99": 30,
+                                                                                 "max": 31}}}}}
+    page, md = render_html(results), render_markdown(results)
+    for text in (page, md):
+        assert "+0.050 [-0.040, +0.140] over tiny-mixtral, p=0.3100 (not significant)" in text
+        assert "$1.75" in text and "$2.50" in text
+    assert "What differs between arms" in page and "&#34;tiny://mixtral&#34;" in page
+    assert "Length distribution" in page

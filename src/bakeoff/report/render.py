@@ -91,12 +91,25 @@ def _summary(results: dict, metrics: list[str], status: dict[str, str]) -> list[
         cands = [r for r in results.get("rows") or [] if r.get("variant") == "fine-tuned"
                  and _mean(r, metric) is not None]
         if not cands:
-            out.append({"metric": metric, "arm": "", "value": status.get(metric) or "no values", "ci": ""})
+            out.append({"metric": metric, "arm": "", "value": status.get(metric) or "no values", "ci": "", "lead": ""})
             continue
         best = max(cands, key=lambda r: _mean(r, metric))  # first arm in spec order wins a tie
         cell = _cell(best["metrics"][metric], "ok")
-        out.append({"metric": metric, "arm": best.get("arm", ""), "value": cell["mean"], "ci": cell["ci"]})
+        lead = next((x for x in results.get("leads") or [] if x.get("metric") == metric), None)
+        out.append({"metric": metric, "arm": best.get("arm", ""), "value": cell["mean"], "ci": cell["ci"],
+                    "lead": _lead_text(lead)})
     return out
+
+
+def _lead_text(lead: dict | None) -> str:
+    """The best arm's paired lead over the runner-up, and whether it is significant at 5%."""
+    if not lead or not lead.get("runner_up") or not lead.get("lead") or lead["lead"].get("mean") is None:
+        return "only one arm" if lead else "n/a"
+    d = lead["lead"]
+    ci = d.get("ci95") or [None, None]
+    verdict = "significant" if lead.get("significant") else "not significant"
+    return (f"{d['mean']:+.3f} [{_fmt(ci[0], '+.3f')}, {_fmt(ci[1], '+.3f')}] over {lead['runner_up']}, "
+            f"p={_fmt(d.get('p_value'), '.4f')} ({verdict})")
 
 
 def _deltas(results: dict, arms: list[str], metrics: list[str]) -> list[dict[str, Any]]:
@@ -158,6 +171,7 @@ def _training(results: dict, arms: list[str]) -> list[dict[str, str]]:
             f"{_fmt(t.get('best_validation_loss'), '.4f')} at step {t['best_step']}",
             "memory": _fmt(t.get("peak_memory_gb"), ".2f"),
             "resumed": "no" if t.get("resumed_from_step") is None else f"from step {t['resumed_from_step']}",
+            **_costs((results.get("costs") or {}).get(arm) or {}),
         })
     return out
 
@@ -168,7 +182,18 @@ TRAINING_FIELDS = [
     ("tps", "Tokens/s"), ("gpu_hours", "GPU hours"), ("cost", "Cost (USD)"), ("params", "Trainable / total params"),
     ("train_loss", "Final train loss"), ("val_loss", "Final validation loss"),
     ("best", "Kept: lowest validation loss"), ("memory", "Peak memory (GB)"), ("resumed", "Resumed"),
+    ("judge_cost", "Judge cost (USD)"), ("total_cost", "Total cost (USD)"), ("judge_gain", "Judge score gained"),
+    ("per_point", "Cost per judge point gained (USD)"),
 ]
+
+
+def _usd(value: Any) -> str:
+    return "n/a" if value is None else f"${value:,.2f}"
+
+
+def _costs(c: dict) -> dict[str, str]:
+    return {"judge_cost": _usd(c.get("judge_usd")), "total_cost": _usd(c.get("total_usd")),
+            "judge_gain": _fmt(c.get("judge_gain"), "+.2f"), "per_point": _usd(c.get("usd_per_judge_point"))}
 
 
 def _loss_svg(results: dict, arms: list[str]) -> str:
@@ -192,6 +217,9 @@ def _loss_svg(results: dict, arms: list[str]) -> str:
                 best = min(val, key=lambda p: p["loss"])
                 ax.plot([best["step"]], [best["loss"]], "o", color=color, markersize=7,
                         label=f"{label} lowest validation ({best['loss']:.3f} @ {best['step']})")
+                if val[-1]["loss"] > best["loss"]:  # validation loss rose after its lowest point: over-fitting
+                    ax.axvline(best["step"], color=color, linestyle=":", linewidth=1,
+                               label=f"{label} over-fitting after step {best['step']}")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.grid(True, alpha=0.3)
@@ -209,7 +237,8 @@ def _loss_svg(results: dict, arms: list[str]) -> str:
 
 
 def _samples(results: dict, arms: list[str]) -> list[dict[str, Any]]:
-    """Per arm, up to MAX_SAMPLES_PER_ARM samples: fine-tuned regressions on exact_match first."""
+    """Per arm, up to MAX_SAMPLES_PER_ARM samples: those where the fine-tuned model scored lower than its base
+    (on the judge when it scored both, else on exact match) first."""
     out = []
     for arm in arms:
         samples = [s for s in results.get("samples") or [] if s.get("arm") == arm]
@@ -218,8 +247,10 @@ def _samples(results: dict, arms: list[str]) -> list[dict[str, Any]]:
         shown = []
         for s in samples:
             scores = s.get("scores") or {}
-            ft = (scores.get("fine-tuned") or {}).get("exact_match")
-            base = (scores.get("base-zero-shot") or {}).get("exact_match")
+            ft_scores, base_scores = scores.get("fine-tuned") or {}, scores.get("base-zero-shot") or {}
+            key = "judge" if ft_scores.get("judge") is not None and base_scores.get("judge") is not None \
+                else "exact_match"
+            ft, base = ft_scores.get(key), base_scores.get(key)
             variants = sorted(set(s.get("answers") or {}) | set(scores), key=_variant_key)
             shown.append({
                 "id": s.get("id") or "", "task": s.get("task") or "", "instruction": s.get("instruction") or "",
@@ -238,7 +269,12 @@ def _samples(results: dict, arms: list[str]) -> list[dict[str, Any]]:
 
 
 def _context(results: dict) -> dict[str, Any]:
-    """Everything the template and the Markdown need, formatted."""
+    """Everything the template and the Markdown need, formatted.
+
+    The results are first put in the form results.json stores (keys sorted, JSON types), so a page
+    rendered in the pipeline and one rebuilt from results.json are the same.
+    """
+    results = json.loads(json.dumps(results, sort_keys=True, default=str))
     experiment = results.get("experiment") or {}
     metrics = list(results.get("metrics") or [])
     status = results.get("metric_status") or {}
@@ -275,6 +311,14 @@ def _context(results: dict) -> dict[str, Any]:
         "data": {k: {name: _fmt(v) for name, v in (data.get(k) or {}).items()}
                  for k in ("rows_read", "dropped", "rows")},
         "unused": _fmt(data.get("unused")),
+        "token_count": data.get("token_count") or "",
+        "token_lengths": [{"split": split, "part": part, **{k: _fmt(v) for k, v in (pcts or {}).items()}}
+                          for split, parts in (data.get("token_lengths") or {}).items()
+                          for part, pcts in (parts or {}).items()],
+        "leakage": data.get("leakage") or {},
+        "arm_differences": [{"setting": d["setting"], "values": [json.dumps(d["values"].get(a)) for a in arms]}
+                            for d in results.get("arm_differences") or []],
+        "arms": arms,
         "samples": _samples(results, arms),
         "versions": results.get("versions") or {},
         "spec_json": json.dumps(experiment.get("spec") or {}, indent=2, default=str),
@@ -302,8 +346,9 @@ def render_markdown(results: dict) -> str:
     out = [f"# bakeoff report: {html.escape(c['name'], quote=False)}", ""]
     out += [f"⚠️ **Adapter probably not applied** for arm `{arm}`: fine-tuned answers equal base answers on every "
             "sample." for arm in c["no_adapter"]] + ([""] if c["no_adapter"] else [])
-    out += ["## Summary", ""] + _md_table(["Metric", "Best arm (fine-tuned)", "Mean", "ci95"],
-                                          [[s["metric"], s["arm"], s["value"], s["ci"]] for s in c["summary"]])
+    out += ["## Summary", ""] + _md_table(["Metric", "Best arm (fine-tuned)", "Mean", "ci95", "Lead over runner-up"],
+                                          [[s["metric"], s["arm"], s["value"], s["ci"], s["lead"]]
+                                           for s in c["summary"]])
 
     def md_cell(x: dict) -> str:
         return f"{x['mean']} {x['ci']} (n={x['n']}, failures={x['failures']})" if x["ok"] else x["status"]

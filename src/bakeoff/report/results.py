@@ -10,6 +10,7 @@ from typing import Any
 
 from bakeoff import __version__
 from bakeoff.evaluate.evaluate import metric_names, read_evaluation
+from bakeoff.evaluate.stats import paired_difference
 from bakeoff.spec import ExperimentSpec
 from bakeoff.train.finetune import read_training
 
@@ -67,9 +68,69 @@ def build_results(
         "rows": rows,
         "training": {a.name: training[a.name] for a in spec.arms},
         "comparisons": comparisons,
+        "leads": arm_leads(rows, samples, metric_names(spec.evaluation), spec.seed),
+        "costs": arm_costs(spec, training, health, rows),
+        "arm_differences": arm_differences(spec),
         "health": health,
         "samples": samples,
     }
+
+
+def arm_leads(rows: list[dict], samples: list[dict], metrics: list[str], seed: int) -> list[dict[str, Any]]:
+    """Per metric: the best arm's fine-tuned mean and its lead over the runner-up, paired on the test
+    samples both scored (the arms share the test split), with an interval and a p-value."""
+    out = []
+    for metric in metrics:
+        tuned = [r for r in rows
+                 if r["variant"] == "fine-tuned" and r["metrics"].get(metric, {}).get("mean") is not None]
+        if not tuned:
+            continue
+        ranked = sorted(tuned, key=lambda r: -r["metrics"][metric]["mean"])  # stable: spec order breaks ties
+        best = ranked[0]
+        entry = {"metric": metric, "best_arm": best["arm"], "mean": best["metrics"][metric]["mean"],
+                 "ci95": best["metrics"][metric]["ci95"], "runner_up": None, "lead": None, "significant": None}
+        if len(ranked) > 1:
+            second = ranked[1]
+            score = {(s["arm"], s["id"]): (s.get("scores") or {}).get("fine-tuned", {}).get(metric) for s in samples}
+            ids = [s["id"] for s in samples if s["arm"] == best["arm"]]
+            pairs = [(score[(best["arm"], i)], score.get((second["arm"], i))) for i in ids]
+            pairs = [(a, b) for a, b in pairs if a is not None and b is not None]
+            lead = paired_difference([a for a, _ in pairs], [b for _, b in pairs], seed=seed)
+            entry.update(runner_up=second["arm"], lead=lead,
+                         significant=lead["p_value"] is not None and lead["p_value"] < 0.05)
+        out.append(entry)
+    return out
+
+
+def arm_costs(spec: ExperimentSpec, training: dict, health: dict, rows: list[dict]) -> dict[str, dict]:
+    """Per arm: training and judge cost, their total, the judge score gained over the base model
+    (fine-tuned minus base zero-shot) and the cost per point gained (None where it cannot be said)."""
+    out = {}
+    for arm in spec.arms:
+        train_usd = training[arm.name].get("cost_usd")
+        judge_usd = ((health.get(arm.name) or {}).get("judge") or {}).get("cost_usd")
+        parts = [x for x in (train_usd, judge_usd) if x is not None]
+        total = round(sum(parts), 6) if parts else None
+        means = {r["variant"]: r["metrics"].get("judge", {}).get("mean") for r in rows if r["arm"] == arm.name}
+        gain = None
+        if means.get("fine-tuned") is not None and means.get("base-zero-shot") is not None:
+            gain = round(means["fine-tuned"] - means["base-zero-shot"], 6)
+        per_point = round(total / gain, 6) if total is not None and gain and gain > 0 else None
+        out[arm.name] = {"training_usd": train_usd, "judge_usd": judge_usd, "total_usd": total,
+                         "judge_gain": gain, "usd_per_judge_point": per_point}
+    return out
+
+
+def arm_differences(spec: ExperimentSpec) -> list[dict[str, Any]]:
+    """What differs between arms: each setting whose value is not the same for every arm."""
+    settings = {}
+    for arm in spec.arms:
+        flat = {"model": arm.model, "trust_remote_code": arm.trust_remote_code}
+        flat.update({f"peft.{k}": v for k, v in spec.arm_peft(arm).model_dump(mode="json").items()})
+        settings[arm.name] = flat
+    keys = list(next(iter(settings.values())))
+    return [{"setting": k, "values": {a: settings[a][k] for a in settings}} for k in keys
+            if len({json.dumps(settings[a][k], sort_keys=True) for a in settings}) > 1]
 
 
 def collect_results(
