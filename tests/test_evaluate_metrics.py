@@ -80,3 +80,16 @@ def test_ragas_metrics_through_the_judges_endpoint(tmp_path, cache_env):
 def test_ragas_without_an_llm_is_not_configured():
     status = metric_status(EvaluationSpec(metrics=["answer_correctness", "exact_match"]))
     assert status["answer_correctness"].startswith("not configured") and status["exact_match"] == "ok"
+
+
+def test_ragas_tokens_are_counted_and_priced(tmp_path, monkeypatch):
+    monkeypatch.setenv("BAKEOFF_CACHE", str(tmp_path / "cache"))  # a cold cache: every score is a call
+    rows = [_row(0, "fine-tuned", "Paris is the capital of France.", "Paris is the capital of France.")]
+    with serve("ragas") as server:
+        spec = EvaluationSpec(metrics=["answer_correctness"],
+                              judge=JudgeSpec(base_url=server.base_url, model="grader", usd_per_1m_input_tokens=1.0,
+                                              usd_per_1m_output_tokens=4.0))
+        health = evaluate("arm", spec, _generations(tmp_path, rows), tmp_path / "o")["health"]["ragas"]
+    assert health["prompt_tokens"] > 0
+    expected = (health["prompt_tokens"] * 1.0 + health["completion_tokens"] * 4.0) / 1e6
+    assert health["cost_usd"] == pytest.approx(expected, abs=1e-6)

@@ -322,6 +322,8 @@ class RagasSpec(_Strict):
     concurrency: int = Field(default=4, gt=0)
     timeout_s: float = Field(default=60, gt=0)
     max_retries: int = Field(default=3, ge=0)
+    usd_per_1m_input_tokens: float | None = Field(default=None, ge=0, description="default: the judge's price")
+    usd_per_1m_output_tokens: float | None = Field(default=None, ge=0)
 
 
 class EvaluationSpec(_Strict):

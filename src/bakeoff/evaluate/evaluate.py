@@ -206,7 +206,15 @@ def _score_ragas(rows: list[dict], evaluation: EvaluationSpec, scores: dict, rea
     for i, (v, w) in enumerate(zip(values, why, strict=True)):
         scores[i].update(v)
         reasons[i].update(w)
-    return {"version": scorer.version, **scorer.stats.to_dict()}
+    stats = scorer.stats.to_dict()
+    # prices: the ragas section's, else the judge's (the same endpoint by default)
+    pin, pout = (next((getattr(s, key) for s in (evaluation.ragas, evaluation.judge)
+                       if s is not None and getattr(s, key) is not None), None)
+                 for key in ("usd_per_1m_input_tokens", "usd_per_1m_output_tokens"))
+    priced = pin is not None or pout is not None
+    cost = (stats["prompt_tokens"] * (pin or 0) + stats["completion_tokens"] * (pout or 0)) / 1e6
+    stats["cost_usd"] = round(cost, 6) if priced else None
+    return {"version": scorer.version, **stats}
 
 
 def compare_variants(rows: list[dict], scores: dict, metrics: list[str], seed: int) -> list[dict[str, Any]]:

@@ -68,6 +68,8 @@ class RagasStats:
     calls: int = 0
     cached: int = 0
     nan: int = 0
+    prompt_tokens: int = 0  # as the endpoints report them (chat and embeddings)
+    completion_tokens: int = 0
     failures_by_metric: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -232,8 +234,29 @@ class RagasScorer:
         needed = {metric for _, metric, _ in todo}
         opened: list = []
 
+        def count_usage(body: bytes) -> None:
+            try:
+                usage = json.loads(body).get("usage") or {}
+            except (ValueError, AttributeError):
+                return
+            self.stats.add(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                           completion_tokens=int(usage.get("completion_tokens") or 0))
+
+        async def on_async_response(response) -> None:
+            count_usage(await response.aread())
+
+        def on_response(response) -> None:
+            count_usage(response.read())
+
         def client(cls, url: str, env: str):
-            c = cls(base_url=url, api_key=self._api_key(env, url), timeout=s.timeout_s, max_retries=s.max_retries)
+            import httpx
+
+            # httpx response hooks see every reply, so the tokens ragas spends are counted (and priced).
+            http = (httpx.AsyncClient(event_hooks={"response": [on_async_response]}, timeout=s.timeout_s)
+                    if cls is openai.AsyncOpenAI else
+                    httpx.Client(event_hooks={"response": [on_response]}, timeout=s.timeout_s))
+            c = cls(base_url=url, api_key=self._api_key(env, url), timeout=s.timeout_s, max_retries=s.max_retries,
+                    http_client=http)
             opened.append(c)
             return c
 

@@ -182,7 +182,8 @@ TRAINING_FIELDS = [
     ("tps", "Tokens/s"), ("gpu_hours", "GPU hours"), ("cost", "Cost (USD)"), ("params", "Trainable / total params"),
     ("train_loss", "Final train loss"), ("val_loss", "Final validation loss"),
     ("best", "Kept: lowest validation loss"), ("memory", "Peak memory (GB)"), ("resumed", "Resumed"),
-    ("judge_cost", "Judge cost (USD)"), ("total_cost", "Total cost (USD)"), ("judge_gain", "Judge score gained"),
+    ("judge_cost", "Judge cost (USD)"), ("ragas_cost", "RAGAS cost (USD)"), ("total_cost", "Total cost (USD)"),
+    ("judge_gain", "Judge score gained"),
     ("per_point", "Cost per judge point gained (USD)"),
 ]
 
@@ -192,7 +193,8 @@ def _usd(value: Any) -> str:
 
 
 def _costs(c: dict) -> dict[str, str]:
-    return {"judge_cost": _usd(c.get("judge_usd")), "total_cost": _usd(c.get("total_usd")),
+    return {"judge_cost": _usd(c.get("judge_usd")), "ragas_cost": _usd(c.get("ragas_usd")),
+            "total_cost": _usd(c.get("total_usd")),
             "judge_gain": _fmt(c.get("judge_gain"), "+.2f"), "per_point": _usd(c.get("usd_per_judge_point"))}
 
 

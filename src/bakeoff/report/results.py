@@ -109,14 +109,15 @@ def arm_costs(spec: ExperimentSpec, training: dict, health: dict, rows: list[dic
     for arm in spec.arms:
         train_usd = training[arm.name].get("cost_usd")
         judge_usd = ((health.get(arm.name) or {}).get("judge") or {}).get("cost_usd")
-        parts = [x for x in (train_usd, judge_usd) if x is not None]
+        ragas_usd = ((health.get(arm.name) or {}).get("ragas") or {}).get("cost_usd")
+        parts = [x for x in (train_usd, judge_usd, ragas_usd) if x is not None]
         total = round(sum(parts), 6) if parts else None
         means = {r["variant"]: r["metrics"].get("judge", {}).get("mean") for r in rows if r["arm"] == arm.name}
         gain = None
         if means.get("fine-tuned") is not None and means.get("base-zero-shot") is not None:
             gain = round(means["fine-tuned"] - means["base-zero-shot"], 6)
         per_point = round(total / gain, 6) if total is not None and gain and gain > 0 else None
-        out[arm.name] = {"training_usd": train_usd, "judge_usd": judge_usd, "total_usd": total,
+        out[arm.name] = {"training_usd": train_usd, "judge_usd": judge_usd, "ragas_usd": ragas_usd, "total_usd": total,
                          "judge_gain": gain, "usd_per_judge_point": per_point}
     return out
 
