@@ -60,6 +60,20 @@ def _ragas_reply(prompt: str) -> str:
     return json.dumps({"statements": sentences})
 
 
+def _rating_logprobs(content: str, odds: dict[str, float]) -> list[dict]:
+    """Per-token logprobs of ``content`` as OpenAI sends them, the alternatives at the rating from ``odds``."""
+    import math
+
+    at = content.rfind("[[") + 2
+    tokens = [content[:at], content[at:at + 1], content[at + 1:]]
+    out = []
+    for i, tok in enumerate(tokens):
+        tops = [{"token": t, "logprob": math.log(p), "bytes": None} for t, p in odds.items()] if i == 1 else \
+            [{"token": tok, "logprob": 0.0, "bytes": None}]
+        out.append({"token": tok, "logprob": tops[0]["logprob"], "bytes": None, "top_logprobs": tops})
+    return out
+
+
 def _grade(prompt: str) -> str:
     match = _PAIR.search(prompt)
     same = bool(match) and match.group(1).strip().lower() == match.group(2).strip().lower()
@@ -84,6 +98,7 @@ class FakeJudgeServer:
         self.reply = NORMAL_REPLY
         self.fail_first = 0
         self.delay = 5.0
+        self.rating_odds: dict[str, float] = {"8": 0.6, "7": 0.3, "9": 0.1}  # for mode "logprobs"
         self.status_code = 404
         self.requests = 0
         self.bodies: list[dict] = []
@@ -160,16 +175,15 @@ class FakeJudgeServer:
                     content = _grade(body["messages"][-1]["content"])
                 if mode == "ragas":
                     content = _ragas_reply("\n".join(str(m.get("content") or "") for m in body["messages"]))
+                choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+                if mode == "logprobs" and body.get("logprobs"):
+                    choice["logprobs"] = {"content": _rating_logprobs(content, server.rating_odds)}
                 self._send(200, {
                     "id": f"chatcmpl-{n}",
                     "object": "chat.completion",
                     "created": int(time.time()),
                     "model": body.get("model", "judge"),
-                    "choices": [{
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                    }],
+                    "choices": [choice],
                     "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
                               "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS},
                 })

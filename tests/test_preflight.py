@@ -55,3 +55,27 @@ def test_an_endpoint_that_dies_mid_run_fails_and_keeps_what_was_judged(tmp_path)
         judge = Judge(spec.model_copy(update={"base_url": again.base_url}), cache_dir=tmp_path)
         judge.judge_many(items)
         assert again.requests == 3 and judge.stats.cached == 3  # the rerun pays only for the rest
+
+
+def test_logprob_weighted_rating(tmp_path):
+    with serve("logprobs", reply="Close to the reference. Rating: [[8]]") as server:
+        spec = JudgeSpec(base_url=server.base_url, model="j", logprobs=True)
+        judgment = Judge(spec, cache_dir=tmp_path).judge_many([("q", "r", "a")])[0]
+        assert judgment.rating == 8.0
+        assert judgment.weighted == pytest.approx(8 * 0.6 + 7 * 0.3 + 9 * 0.1)
+        again = Judge(spec, cache_dir=tmp_path).judge_many([("q", "r", "a")])[0]
+        assert again.cached and again.weighted == judgment.weighted  # the logprobs are cached too
+
+
+@pytest.mark.parametrize(("alternatives", "expected"), [
+    ({"8": 0.0}, 8.0),
+    ({"3": -0.6931471805599453, "5": -0.6931471805599453}, 4.0),
+    ({"7": -0.1, "seven": -2.0}, 7.0),
+    ({"1": -0.2, "0": -1.0}, 1.0),  # 0 is no rating
+    ({"ten": 0.0}, None),
+    (None, None),
+])
+def test_weighted_rating_table(alternatives, expected):
+    from bakeoff.evaluate.judge import weighted_rating
+
+    assert weighted_rating(alternatives) == (pytest.approx(expected) if expected is not None else None)

@@ -290,6 +290,9 @@ class JudgeSpec(_Strict):
     max_retries: int = Field(default=3, ge=0)
     timeout_s: float = Field(default=60, gt=0)
     max_tokens: int = Field(default=512, gt=0)
+    logprobs: bool = Field(
+        default=False, description="also the logprob-weighted rating (for endpoints that return logprobs)"
+    )
     usd_per_1m_input_tokens: float | None = Field(default=None, ge=0, description="price, for the cost shown")
     usd_per_1m_output_tokens: float | None = Field(default=None, ge=0)
 

@@ -38,6 +38,8 @@ def metric_names(evaluation: EvaluationSpec) -> list[str]:
         names.append(name)
         if name == "mr_match":
             names += SLOT_METRICS
+        if name == "judge" and evaluation.judge is not None and evaluation.judge.logprobs:
+            names.append("judge_weighted")
     return names
 
 
@@ -133,6 +135,8 @@ def evaluate(
         judgments = judge.judge_many([(q, r["reference"], r["answer"]) for q, r in zip(question, rows, strict=True)])
         for i, j in enumerate(judgments):
             scores[i]["judge"] = j.rating
+            if evaluation.judge.logprobs:
+                scores[i]["judge_weighted"] = j.weighted
             explanations[i] = j.explanation or (j.error or "")
             if j.error:
                 reasons[i]["judge"] = j.error

@@ -91,6 +91,43 @@ def parse_rating(text: str) -> float | None:
     return value if 1.0 <= value <= 10.0 else None
 
 
+def rating_token_logprobs(content) -> dict[str, float] | None:
+    """The top alternatives (token -> logprob) at the rating token: the token after the last ``[[``."""
+    if not content:
+        return None
+    text, starts = "", []
+    for tok in content:
+        starts.append(len(text))
+        text += tok.token
+    at = text.rfind("[[")
+    if at < 0:
+        return None
+    after = at + 2
+    for i, start in enumerate(starts):
+        end = start + len(content[i].token)
+        if start >= after or (start < after < end and content[i].token[after - start:].strip()):
+            tops = content[i].top_logprobs or []
+            return {t.token: float(t.logprob) for t in tops} or {content[i].token: float(content[i].logprob)}
+    return None
+
+
+def weighted_rating(alternatives: dict[str, float] | None) -> float | None:
+    """The expected rating: each alternative that is a whole rating 1-10 weighted by its probability,
+    renormalised over those. None when no alternative is a rating (e.g. ``10`` split into two tokens
+    and nothing else) or the endpoint sent no logprobs."""
+    import math
+
+    if not alternatives:
+        return None
+    weights: dict[int, float] = {}
+    for token, logprob in alternatives.items():
+        t = unicodedata.normalize("NFKC", token).strip().lstrip("[")
+        if t.isdigit() and 1 <= int(t) <= 10:
+            weights[int(t)] = weights.get(int(t), 0.0) + math.exp(logprob)
+    total = sum(weights.values())
+    return sum(v * p for v, p in weights.items()) / total if total > 0 else None
+
+
 @dataclass
 class Judgment:
     """One graded answer: the rating (None when the reply had none) and the judge's words."""
@@ -99,6 +136,7 @@ class Judgment:
     explanation: str
     cached: bool = False
     error: str | None = None
+    weighted: float | None = None  # expected rating over the rating token's probabilities (logprobs)
 
 
 @dataclass
@@ -151,7 +189,10 @@ class Judge:
         return out
 
     def cache_key(self, question: str, reference: str, answer: str) -> str:
-        payload = json.dumps([self.spec.model, PROMPT_VERSION, question, reference, answer], ensure_ascii=False)
+        parts = [self.spec.model, PROMPT_VERSION, question, reference, answer]
+        if self.spec.logprobs:  # such entries also hold the rating's logprobs
+            parts.append("logprobs")
+        payload = json.dumps(parts, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()
 
     def _cache_path(self, key: str) -> Path:
@@ -182,8 +223,9 @@ class Judge:
         attempt = 0
         while True:
             try:
+                extra = {"logprobs": True, "top_logprobs": 20} if self.spec.logprobs else {}
                 resp = self.client.chat.completions.create(
-                    model=self.spec.model, messages=messages, temperature=0, max_tokens=self.spec.max_tokens,
+                    model=self.spec.model, messages=messages, temperature=0, max_tokens=self.spec.max_tokens, **extra,
                 )
                 break
             except (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
@@ -199,11 +241,15 @@ class Judge:
             self.stats.add(retries=1)
             time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random() / 2))
         usage = resp.usage
-        return {
+        entry = {
             "reply": (resp.choices[0].message.content or "") if resp.choices else "",
             "prompt_tokens": int(getattr(usage, "prompt_tokens", 0) or 0),
             "completion_tokens": int(getattr(usage, "completion_tokens", 0) or 0),
         }
+        if self.spec.logprobs:
+            content = getattr(getattr(resp.choices[0], "logprobs", None), "content", None) if resp.choices else None
+            entry["rating_logprobs"] = rating_token_logprobs(content)
+        return entry
 
     def judge_one(self, question: str, reference: str, answer: str) -> Judgment:
         """Grade one answer, from the cache when this exact triple was graded before."""
@@ -219,7 +265,8 @@ class Judge:
         rating = parse_rating(entry["reply"])
         if rating is None:
             self.stats.add(parse_failures=1)
-        return Judgment(rating, entry["reply"], cached=cached,
+        weighted = weighted_rating(entry.get("rating_logprobs")) if self.spec.logprobs else None
+        return Judgment(rating, entry["reply"], cached=cached, weighted=weighted,
                         error=None if rating is not None else "unparseable judge reply (no [[N]] rating from 1 to 10)")
 
     def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[Judgment]:
