@@ -98,6 +98,7 @@ class FakeJudgeServer:
         self.reply = NORMAL_REPLY
         self.fail_first = 0
         self.delay = 5.0
+        self.completions: dict[str, str] = {}  # served model name -> its answer, for POST /v1/completions
         self.rating_odds: dict[str, float] = {"8": 0.6, "7": 0.3, "9": 0.1}  # for mode "logprobs"
         self.status_code = 404
         self.requests = 0
@@ -159,6 +160,14 @@ class FakeJudgeServer:
                     server.headers.append(dict(self.headers))
                 if self.path == "/v1/embeddings":
                     return self._embeddings(body, n)
+                if self.path == "/v1/completions":  # a text-completion server: answers by served model name
+                    text = server.completions.get(body.get("model"), "unknown model")
+                    return self._send(200, {
+                        "id": f"cmpl-{n}", "object": "text_completion", "created": int(time.time()),
+                        "model": body.get("model"), "choices": [{"index": 0, "text": f" {text}", "logprobs": None,
+                                                                 "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": 1,
+                                  "total_tokens": PROMPT_TOKENS + 1}})
                 if self.path != "/v1/chat/completions":
                     return self._error(404, f"no route {self.path}", "invalid_request_error")
                 mode = server.mode

@@ -11,7 +11,7 @@ from bakeoff.data.prepare import prepare_data
 from bakeoff.errors import SpecError
 from bakeoff.generate import generate
 from bakeoff.generate.generate import few_shot_prompt, read_generations
-from bakeoff.spec import parse_spec
+from bakeoff.spec import GenerationSpec, parse_spec
 from bakeoff.train import finetune
 from bakeoff.train.finetune import resolve_precision
 
@@ -92,3 +92,28 @@ def test_precision_follows_the_device():
     assert resolve_precision("bf16", "cuda") == "bf16"
     with pytest.raises(SpecError, match="training.precision"):
         resolve_precision("fp16", "cpu")
+
+
+def test_generate_through_an_openai_compatible_endpoint(trained, tmp_path):
+    from judge_stub import serve
+
+    spec, root, _ = trained
+    with serve() as server:
+        server.completions = {"tiny-llama": "even", "org/base-model": "no idea"}  # as vLLM serves a LoRA module
+        generation = GenerationSpec.model_validate({
+            **spec.generation.model_dump(), "backend": "openai",
+            "endpoint": {"base_url": server.base_url, "base_model": "org/base-model"}})
+        summary = generate(spec.arm("tiny-llama"), generation, ["fine-tuned", "base-zero-shot"], root / "data",
+                           None, tmp_path / "gen")
+        sent = server.requests
+    rows = read_generations(tmp_path / "gen")
+    assert summary["backend"] == "openai" and sent == 24
+    assert {r["answer"] for r in rows if r["variant"] == "fine-tuned"} == {"even"}
+    assert {r["answer"] for r in rows if r["variant"] == "base-zero-shot"} == {"no idea"}
+
+
+def test_backend_openai_needs_an_endpoint():
+    with pytest.raises(Exception, match="backend openai needs generation.endpoint"):
+        parse_spec({"name": "x", "data": {"sources": [{"uri": "a.jsonl"}], "split": {"train": 1, "validation": 1,
+                                                                                     "test": 1}},
+                    "arms": [{"name": "a", "model": "tiny://llama"}], "generation": {"backend": "openai"}})

@@ -272,12 +272,40 @@ class ArmSpec(_Strict):
     _check_name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
 
 
+class GenerationEndpoint(_Strict):
+    """An OpenAI-compatible server that generates (a vLLM server with the adapters as LoRA modules, or a
+    hosted model). The base variants ask for ``base_model`` (default: the arm's Hub id), the fine-tuned
+    variant for ``finetuned_model`` (default: the arm's name, as a LoRA module is served)."""
+
+    base_url: str = Field(min_length=1)
+    api_key_env: str = "OPENAI_API_KEY"
+    api: Literal["completions", "chat"] = Field(
+        default="completions", description="completions sends the templated prompt as is; chat sends it as "
+        "the user's message"
+    )
+    base_model: str | None = None
+    finetuned_model: str | None = None
+    concurrency: int = Field(default=8, gt=0)
+    timeout_s: float = Field(default=120, gt=0)
+    max_retries: int = Field(default=3, ge=0)
+
+
 class GenerationSpec(_Strict):
-    """Decoding settings, the same for every arm and variant."""
+    """Decoding settings, the same for every arm and variant, and the backend that generates."""
 
     max_new_tokens: int = Field(default=256, gt=0)
     batch_size: int = Field(default=16, gt=0)
     few_shot_k: int = Field(default=3, ge=1)
+    backend: Literal["auto", "transformers", "vllm", "openai"] = Field(
+        default="auto", description="auto: vLLM when CUDA and vllm are present, else transformers"
+    )
+    endpoint: GenerationEndpoint | None = None
+
+    @model_validator(mode="after")
+    def _endpoint_for_openai(self) -> GenerationSpec:
+        if self.backend == "openai" and self.endpoint is None:
+            raise ValueError("backend openai needs generation.endpoint (base_url of an OpenAI-compatible server)")
+        return self
 
 
 class JudgeSpec(_Strict):

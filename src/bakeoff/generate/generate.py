@@ -20,6 +20,7 @@ from typing import Any
 from bakeoff.data.prepare import read_split
 from bakeoff.data.templates import get_template
 from bakeoff.errors import ModelError
+from bakeoff.generate.backends import endpoint_answers, resolve_backend, vllm_answers
 from bakeoff.jsonl import read_jsonl, write_jsonl
 from bakeoff.models.loading import load_model, load_tokenizer, pick_device
 from bakeoff.spec import ArmSpec, GenerationSpec
@@ -103,16 +104,60 @@ def generate(
     fine-tuning) or an adapter folder itself. A QLoRA adapter runs on the 4-bit base it was trained on,
     and that quantized base is then also the base variants' model.
     """
-    from peft import PeftModel
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     test = read_split(data_dir, "test")
-    device = pick_device()
-    tokenizer = load_tokenizer(arm.model, trust_remote_code=arm.trust_remote_code)
     adapter, full, quantized = _finetuned_artifact(finetuned_dir) if "fine-tuned" in variants else (None, None, False)
-    if "fine-tuned" in variants and adapter is None and full is None:
+    backend = resolve_backend(generation.backend)
+    if backend != "openai" and "fine-tuned" in variants and adapter is None and full is None:
         raise ModelError(f"arm {arm.name}: no fine-tuned adapter or model in {finetuned_dir}")
+    if backend == "vllm" and (quantized or full is not None):
+        log.info("arm %s: vLLM serves plain adapters here; a %s result generates with transformers", arm.name,
+                 "QLoRA" if quantized else "full fine-tuning")
+        backend = "transformers"
+    chat = get_template(template).chat
+    tokenizer = load_tokenizer(arm.model, trust_remote_code=arm.trust_remote_code) \
+        if backend != "openai" or chat else None
+    device = pick_device() if backend != "openai" else "endpoint"
+    if backend == "transformers":
+        answer = _transformers_answerer(arm, generation, adapter, full, quantized, device, tokenizer)
+    elif backend == "vllm":
+        answer = _vllm_answerer(arm, generation, adapter)
+    else:
+        answer = _endpoint_answerer(arm, generation)
+
+    shots: list[dict] = []
+    if "base-few-shot" in variants:
+        train = read_split(data_dir, "train")
+        shots = random.Random(seed).sample(train, min(generation.few_shot_k, len(train)))
+
+    rows, timing = [], {}
+    for variant in variants:
+        if variant == "base-few-shot":
+            prompts = [few_shot_prompt(template, shots, ex, tokenizer) for ex in test]
+        elif chat:
+            prompts = [chat_prompt(tokenizer, ex["messages"]) for ex in test]
+        else:
+            prompts = [ex["prompt"] for ex in test]
+        started = time.perf_counter()
+        answers = answer(variant, prompts)
+        timing[variant] = round(time.perf_counter() - started, 3)
+        for ex, ans in zip(test, answers, strict=True):
+            rows.append({"id": ex["id"], "variant": variant, "instruction": ex["instruction"], "input": ex["input"],
+                         "reference": ex["reference"], **{k: ex[k] for k in ("task", "meta") if k in ex}, **ans})
+        log.info("arm %s, %s: %d answers in %.1f s", arm.name, variant, len(answers), timing[variant])
+    write_jsonl(out / "generations.jsonl", rows)
+    summary = {"arm": arm.name, "model": arm.model, "variants": list(variants), "samples": len(test),
+               "device": device, "backend": backend, "seconds": timing, "few_shot_ids": [s["id"] for s in shots],
+               "decoding": {"greedy": True, **generation.model_dump(mode="json", exclude={"endpoint"})}}
+    (out / "generation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _transformers_answerer(arm, generation, adapter, full, quantized, device, tokenizer):
+    """Batched greedy decoding in this process; base variants run the same model with the adapter off."""
+    from peft import PeftModel
+
     quant = None
     if quantized:
         import torch
@@ -132,36 +177,47 @@ def generate(
         if hasattr(m.config, "output_router_logits"):
             m.config.output_router_logits = False
 
-    shots: list[dict] = []
-    if "base-few-shot" in variants:
-        train = read_split(data_dir, "train")
-        shots = random.Random(seed).sample(train, min(generation.few_shot_k, len(train)))
-
-    rows, timing = [], {}
-    for variant in variants:
-        if variant == "base-few-shot":
-            prompts = [few_shot_prompt(template, shots, ex, tokenizer) for ex in test]
-        elif get_template(template).chat:
-            prompts = [chat_prompt(tokenizer, ex["messages"]) for ex in test]
-        else:
-            prompts = [ex["prompt"] for ex in test]
+    def answer(variant: str, prompts: list[str]) -> list[dict]:
         base_variant = variant != "fine-tuned" and isinstance(model, PeftModel)
-        ctx = model.disable_adapter() if base_variant else contextlib.nullcontext()
         runner = tuned if (variant == "fine-tuned" and tuned is not None) else model
-        started = time.perf_counter()
-        with ctx:
-            answers = batched_greedy(runner, tokenizer, prompts, generation.max_new_tokens, generation.batch_size)
-        timing[variant] = round(time.perf_counter() - started, 3)
-        for ex, ans in zip(test, answers, strict=True):
-            rows.append({"id": ex["id"], "variant": variant, "instruction": ex["instruction"], "input": ex["input"],
-                         "reference": ex["reference"], **{k: ex[k] for k in ("task", "meta") if k in ex}, **ans})
-        log.info("arm %s, %s: %d answers in %.1f s", arm.name, variant, len(answers), timing[variant])
-    write_jsonl(out / "generations.jsonl", rows)
-    summary = {"arm": arm.name, "model": arm.model, "variants": list(variants), "samples": len(test),
-               "device": device, "seconds": timing, "few_shot_ids": [s["id"] for s in shots],
-               "decoding": {"greedy": True, **generation.model_dump(mode="json")}}
-    (out / "generation.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
+        with model.disable_adapter() if base_variant else contextlib.nullcontext():
+            return batched_greedy(runner, tokenizer, prompts, generation.max_new_tokens, generation.batch_size)
+
+    return answer
+
+
+def _vllm_answerer(arm, generation, adapter):
+    """vLLM with the adapter served as a LoRA request for the fine-tuned variant (CUDA only)."""
+    from vllm import LLM
+    from vllm.lora.request import LoRARequest
+
+    from bakeoff.models.loading import resolve_model
+
+    resolved = resolve_model(arm.model)
+    llm = LLM(model=resolved.path, enable_lora=adapter is not None, trust_remote_code=arm.trust_remote_code,
+              **({"revision": resolved.kwargs["revision"]} if "revision" in resolved.kwargs else {}))
+    lora = LoRARequest(arm.name, 1, str(adapter)) if adapter is not None else None
+
+    def answer(variant: str, prompts: list[str]) -> list[dict]:
+        return vllm_answers(llm, prompts, generation.max_new_tokens, lora if variant == "fine-tuned" else None)
+
+    return answer
+
+
+def _endpoint_answerer(arm, generation):
+    """An OpenAI-compatible server: the base model's served name for base variants, the fine-tuned one's
+    (a LoRA module named after the arm, or a hosted fine-tuned model) for the fine-tuned variant."""
+    from bakeoff.storage import parse_hf_uri
+
+    endpoint = generation.endpoint
+    base = endpoint.base_model or (parse_hf_uri(arm.model).repo_id if arm.model.startswith("hf://") else arm.model)
+    tuned = endpoint.finetuned_model or arm.name
+
+    def answer(variant: str, prompts: list[str]) -> list[dict]:
+        return endpoint_answers(endpoint, tuned if variant == "fine-tuned" else base, prompts,
+                                generation.max_new_tokens)
+
+    return answer
 
 
 def _finetuned_artifact(finetuned_dir: str | Path | None) -> tuple[Path | None, Path | None, bool]:
