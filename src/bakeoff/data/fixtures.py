@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bakeoff.data.synthetic import distinct_in_turn
 from bakeoff.jsonl import write_jsonl
 
 # --------------------------------------------------------------------------------------------- SQL
@@ -670,29 +671,10 @@ def _viggo_record(act: str, template: str, rng: random.Random) -> dict[str, str]
 
 
 def iter_viggo_records(n: int, seed: int = 0) -> Iterator[dict[str, str]]:
-    """Yield ``n`` ViGGO-style records (``target``, ``meaning_representation``) with distinct sentences.
-
-    Dialogue acts take turns; an act whose sentences are used up (nothing new in 200 draws) drops out.
-    """
-    rng = random.Random(seed)
-    seen: set[str] = set()
-    active = list(VIGGO_ACTS)
-    produced, turn = 0, 0
-    while produced < n:
-        if not active:
-            raise ValueError(f"the ViGGO fixture has fewer than {n} distinct sentences")
-        act = active[turn % len(active)]
-        for _ in range(200):
-            record = _viggo_record(act, rng.choice(VIGGO_TEMPLATES[act]), rng)
-            if record["target"] not in seen:
-                break
-        else:
-            active.remove(act)
-            continue
-        seen.add(record["target"])
-        produced += 1
-        turn += 1
-        yield record
+    """Yield ``n`` ViGGO-style records (``target``, ``meaning_representation``) with distinct sentences,
+    the dialogue acts in turn."""
+    return distinct_in_turn(VIGGO_ACTS, lambda act, rng: _viggo_record(act, rng.choice(VIGGO_TEMPLATES[act]), rng),
+                            "target", n, seed, "the ViGGO fixture's sentences")
 
 
 def write_viggo_fixture(path: str | Path, n: int = 400, seed: int = 0) -> Path:
