@@ -194,8 +194,12 @@ def _vllm_answerer(arm, generation, adapter):
     from bakeoff.models.loading import resolve_model
 
     resolved = resolve_model(arm.model)
-    llm = LLM(model=resolved.path, enable_lora=adapter is not None, trust_remote_code=arm.trust_remote_code,
-              **({"revision": resolved.kwargs["revision"]} if "revision" in resolved.kwargs else {}))
+    extra = {"revision": resolved.kwargs["revision"]} if "revision" in resolved.kwargs else {}
+    if adapter is not None:
+        # vLLM sizes its LoRA slots for a maximum rank, one of 8, 16, 32, 64, 128, 256
+        rank = int(json.loads((Path(adapter) / "adapter_config.json").read_text()).get("r") or 16)
+        extra.update(enable_lora=True, max_lora_rank=next(r for r in (8, 16, 32, 64, 128, 256, rank) if r >= rank))
+    llm = LLM(model=resolved.path, trust_remote_code=arm.trust_remote_code, **extra)
     lora = LoRARequest(arm.name, 1, str(adapter)) if adapter is not None else None
 
     def answer(variant: str, prompts: list[str]) -> list[dict]:
