@@ -154,3 +154,15 @@ def test_fsdp_settings_only_with_several_processes(distributed, world, expected,
 
     monkeypatch.setenv("WORLD_SIZE", world)
     assert _fsdp_args(TrainingSpec(distributed=distributed), grad_ckpt=True) == expected
+
+
+def test_expert_lora_weights_train(cache_env):
+    from peft import get_peft_model
+
+    from bakeoff.models import load_model
+
+    model = get_peft_model(load_model("tiny://mixtral"), peft_config(PeftSpec(target_experts=True, dropout=0.0, r=4),
+                                                                      "mixtral"))
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("mlp.experts" in n and "lora_A" in n for n in trained)
+    assert any("self_attn.q_proj.lora_A" in n for n in trained)
