@@ -33,9 +33,7 @@ test-fast: $(STAMP)
 
 ## bench: speed figures, measured side by side (outside make test; results in bench/results/)
 bench: $(STAMP)
-	$(BIN)/python bench/bench_prepare.py
-	$(BIN)/python bench/bench_train.py
-	$(BIN)/python bench/bench_eval.py
+	$(BIN)/python bench/run_all.py
 
 ## compile: write the KFP YAML of EXPERIMENT to build/<name>.yaml
 compile: $(STAMP)

@@ -51,3 +51,13 @@ def test_eval_bench_compares_batched_generation_and_concurrent_judging(tmp_path,
     # 9 calls of 50 ms: serial takes at least 0.45 s; 8 workers need two rounds after the first call
     assert results["judge"]["serial_seconds"] >= 0.45
     assert results["judge_speedup_concurrency8_vs_serial"] > 1
+
+
+def test_pipeline_bench_measures_the_per_task_overhead(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench_pipeline
+    finally:
+        sys.path.pop(0)
+    results = bench_pipeline.main(["--tasks", "2", "--repeats", "1", "--out", str(tmp_path / "p.json")])
+    assert results["tasks"] == 2 and 0 < results["per_task_overhead_seconds"] < 30
