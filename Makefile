@@ -8,7 +8,7 @@ KFP_HOST ?=
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv pipeline test test-fast bench compile lint clean
+.PHONY: venv pipeline test test-fast bench bench-gpu compile lint clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ test-fast: $(STAMP)
 ## bench: speed figures, measured side by side (outside make test; results in bench/results/)
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+## bench-gpu: the same comparisons on a ~1B model, with MFU and peak memory (needs CUDA; under 10 minutes)
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/bench_gpu.py
 
 ## compile: write the KFP YAML of EXPERIMENT to build/<name>.yaml
 compile: $(STAMP)

@@ -61,3 +61,15 @@ def test_pipeline_bench_measures_the_per_task_overhead(tmp_path):
         sys.path.pop(0)
     results = bench_pipeline.main(["--tasks", "2", "--repeats", "1", "--out", str(tmp_path / "p.json")])
     assert results["tasks"] == 2 and 0 < results["per_task_overhead_seconds"] < 30
+
+
+def test_gpu_bench_says_it_needs_cuda_and_knows_the_peaks(capsys):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.pop(0)
+    assert bench_gpu.peak_flops("NVIDIA H200") == 989e12 and bench_gpu.peak_flops("NVIDIA A100-SXM4-80GB") == 312e12
+    assert bench_gpu.peak_flops("a mystery GPU") is None
+    assert bench_gpu.main(["--out", "/dev/null"]) == {}  # this machine has no CUDA
+    assert "needs a CUDA GPU" in capsys.readouterr().err
