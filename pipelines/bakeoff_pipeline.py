@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def place(task: dsl.PipelineTask, res: StageResources) -> dsl.PipelineTask:
-    """Apply one stage's resources: accelerator, node selector, tolerations, CPU and memory."""
+    """Apply one stage's resources: accelerator, node selector, tolerations, CPU and memory, /dev/shm,
+    time limit, retries and caching."""
     if res.gpu is not None:
         task.set_accelerator_type(res.gpu.type).set_accelerator_limit(res.gpu.count)
     for key, value in sorted(res.effective_node_selector().items()):
@@ -37,13 +38,50 @@ def place(task: dsl.PipelineTask, res: StageResources) -> dsl.PipelineTask:
         task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu)
     if res.memory:
         task.set_memory_request(res.memory).set_memory_limit(res.memory)
+    if res.effective_shm_size():
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=res.effective_shm_size())
+    if res.timeout_s:
+        kubernetes.set_timeout(task, res.timeout_s)
+    if res.retries:
+        task.set_retry(num_retries=res.retries, backoff_duration=res.retry_backoff, backoff_factor=2)
+    task.set_caching_options(res.caching)
     return task
+
+
+# Which stages get which Secret: (stage -> needs hf token, needs the judge key)
+_SECRET_STAGES = {"prepare": (True, True), "finetune": (True, False), "generate": (True, True),
+                  "evaluate": (False, True), "report": (False, False)}
+
+
+def attach_secrets(task: dsl.PipelineTask, stage: str, spec: ExperimentSpec) -> dsl.PipelineTask:
+    """Environment variables from the spec's Kubernetes Secrets (names and keys only; no value is compiled)."""
+    secrets = spec.secrets
+    hf, judge = _SECRET_STAGES[stage]
+    if hf and secrets.hf_token:
+        kubernetes.use_secret_as_env(task, secrets.hf_token.name, {secrets.hf_token.key: "HF_TOKEN"})
+    if judge and secrets.judge_api_key:
+        env = spec.evaluation.judge.api_key_env if spec.evaluation.judge else "OPENAI_API_KEY"
+        kubernetes.use_secret_as_env(task, secrets.judge_api_key.name, {secrets.judge_api_key.key: env})
+    if secrets.s3:
+        keys = {secrets.s3.access_key_key: "AWS_ACCESS_KEY_ID", secrets.s3.secret_key_key: "AWS_SECRET_ACCESS_KEY"}
+        if secrets.s3.endpoint_key:
+            keys[secrets.s3.endpoint_key] = "S3_ENDPOINT"
+        kubernetes.use_secret_as_env(task, secrets.s3.name, keys)
+    if stage in ("finetune", "generate") and spec.resources.model_cache_pvc:
+        kubernetes.mount_pvc(task, pvc_name=spec.resources.model_cache_pvc, mount_path="/cache")
+        task.set_env_variable("BAKEOFF_CACHE", "/cache/bakeoff").set_env_variable("HF_HOME", "/cache/huggingface")
+    return task
+
+
+def stage(task: dsl.PipelineTask, name: str, spec: ExperimentSpec) -> dsl.PipelineTask:
+    """Placement and Secrets of one stage's task."""
+    return attach_secrets(place(task, getattr(spec.resources, name)), name, spec)
 
 
 def build_pipeline(spec: ExperimentSpec):
     """The KFP pipeline function for ``spec``."""
     arm_names = [arm.name for arm in spec.arms]
-    resources = spec.resources
 
     class Outputs(NamedTuple):
         html: HTML
@@ -52,17 +90,17 @@ def build_pipeline(spec: ExperimentSpec):
 
     @dsl.pipeline(name=f"bakeoff-{spec.name}", description=spec.description or f"bakeoff experiment {spec.name}")
     def bakeoff(spec_json: str = spec.to_json()) -> Outputs:
-        prep = place(prepare_data(spec_json=spec_json), resources.prepare).set_display_name("prepare-data")
+        prep = stage(prepare_data(spec_json=spec_json), "prepare", spec).set_display_name("prepare-data")
         with dsl.ParallelFor(items=arm_names, name="arms") as arm:
-            ft = place(finetune(spec_json=spec_json, arm=arm, data=prep.outputs["data"]), resources.finetune)
-            gen = place(generate(spec_json=spec_json, arm=arm, data=prep.outputs["data"], model=ft.outputs["model"]),
-                        resources.generate)
-            ev = place(evaluate(spec_json=spec_json, arm=arm, generations=gen.outputs["generations"]),
-                       resources.evaluate)
-        rep = place(
+            ft = stage(finetune(spec_json=spec_json, arm=arm, data=prep.outputs["data"]), "finetune", spec)
+            gen = stage(generate(spec_json=spec_json, arm=arm, data=prep.outputs["data"], model=ft.outputs["model"]),
+                        "generate", spec)
+            ev = stage(evaluate(spec_json=spec_json, arm=arm, generations=gen.outputs["generations"]),
+                       "evaluate", spec)
+        rep = stage(
             report(spec_json=spec_json, data=prep.outputs["data"], models=dsl.Collected(ft.outputs["model"]),
                    scores=dsl.Collected(ev.outputs["scores"])),
-            resources.report,
+            "report", spec,
         )
         return Outputs(html=rep.outputs["html"], markdown=rep.outputs["markdown"], results=rep.outputs["results"])
 

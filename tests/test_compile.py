@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
+from conftest import ROOT
 
 from bakeoff.cli import main
 from bakeoff.spec import parse_spec
@@ -88,3 +90,66 @@ def test_run_with_host_submits_the_compiled_pipeline(monkeypatch, capsys):
     assert main(["run", "experiments/smoke.yaml", "--host", "http://kfp.example:8888"]) == 0
     assert seen == {"host": "http://kfp.example:8888", "pipeline": "bakeoff-smoke", "experiment": "bakeoff-smoke"}
     assert "submitted run run-123" in capsys.readouterr().out
+
+
+def _with_secrets(spec):
+    data = spec.model_dump(mode="json")
+    data["secrets"] = {"hf_token": {"name": "hf", "key": "token"}, "judge_api_key": {"name": "judge", "key": "api-key"},
+                       "s3": {"name": "minio-creds", "endpoint_key": "endpoint"}}
+    data["resources"]["model_cache_pvc"] = "model-cache"
+    data["resources"]["finetune"]["timeout_s"] = 86400
+    return parse_spec(data)
+
+
+def test_shm_timeout_retries_caching_pvc_and_secrets_land_where_they_belong(tmp_path, smoke_spec, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_SECRET_VALUE_1")  # values in the environment must never be compiled
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-SECRET_VALUE_2")
+    pipeline, platform = _compile(tmp_path, _with_secrets(smoke_spec))
+    text = (tmp_path / "pipeline.yaml").read_text()
+    assert "SECRET_VALUE" not in text
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    ft = k8s["exec-finetune"]
+    assert ft["emptyDirMounts"] == [{"medium": "Memory", "mountPath": "/dev/shm", "sizeLimit": "16Gi",
+                                     "volumeName": "dshm"}]
+    assert ft["activeDeadlineSeconds"] == "86400"
+    assert ft["pvcMount"][0]["mountPath"] == "/cache" and ft["pvcMount"][0]["constant"] == "model-cache"
+    env = {e["name"]: e["value"] for e in _executor(pipeline, "finetune")["env"]}
+    assert env == {"BAKEOFF_CACHE": "/cache/bakeoff", "HF_HOME": "/cache/huggingface"}
+
+    def secret_env(executor):
+        return {(s["secretName"], k["secretKey"], k["envVar"]) for s in k8s[executor].get("secretAsEnv", [])
+                for k in s["keyToEnv"]}
+
+    s3 = {("minio-creds", "AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
+          ("minio-creds", "AWS_SECRET_ACCESS_KEY", "AWS_SECRET_ACCESS_KEY"), ("minio-creds", "endpoint", "S3_ENDPOINT")}
+    hf, judge = {("hf", "token", "HF_TOKEN")}, {("judge", "api-key", "OPENAI_API_KEY")}
+    assert secret_env("exec-prepare-data") == s3 | hf | judge
+    assert secret_env("exec-finetune") == s3 | hf
+    assert secret_env("exec-generate") == s3 | hf | judge
+    assert secret_env("exec-evaluate") == s3 | judge
+    assert secret_env("exec-report") == s3
+    inner = pipeline["components"]["comp-for-loop-2"]["dag"]["tasks"]
+    for name in ("finetune", "generate", "evaluate"):
+        assert inner[name]["retryPolicy"]["maxRetryCount"] == 2 and inner[name]["retryPolicy"]["backoffFactor"] == 2
+    assert pipeline["root"]["dag"]["tasks"]["prepare-data"]["cachingOptions"] == {"enableCache": True}
+    assert "emptyDirMounts" not in k8s["exec-evaluate"]  # no GPU, no /dev/shm by default
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in (ROOT / "experiments").glob("*.yaml")))
+def test_every_shipped_experiment_compiles_with_its_scheduling_and_images(path, tmp_path):
+    from bakeoff.spec import load_spec
+
+    spec = load_spec(path)
+    pipeline, platform = _compile(tmp_path, spec)
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for stage, executor in (("finetune", "finetune"), ("generate", "generate"), ("evaluate", "evaluate"),
+                            ("prepare", "prepare-data"), ("report", "report")):
+        res = getattr(spec.resources, stage)
+        container = _executor(pipeline, executor)
+        assert container["image"].endswith(f"/bakeoff-{'prepare' if stage == 'prepare' else stage}:0.1.0")
+        if res.gpu:
+            assert container["resources"]["accelerator"]["resourceType"] == res.gpu.type
+            assert container["resources"]["accelerator"]["resourceCount"] == str(res.gpu.count)
+            assert k8s[f"exec-{executor}"]["nodeSelector"]["labels"] == res.effective_node_selector()
+        else:
+            assert "accelerator" not in container.get("resources", {})

@@ -374,7 +374,8 @@ class EvaluationSpec(_Strict):
 
 
 class GpuSpec(_Strict):
-    type: Literal["nvidia.com/gpu"] = "nvidia.com/gpu"
+    # The accelerator resource types KFP's compiler accepts for set_accelerator_type.
+    type: Literal["nvidia.com/gpu", "amd.com/gpu"] = "nvidia.com/gpu"
     count: int = Field(default=1, gt=0)
     product: str = "NVIDIA-A100-SXM4-80GB"
 
@@ -398,6 +399,20 @@ class StageResources(_Strict):
     )
     cpu: str | None = None
     memory: str | None = None
+    shm_size: str | None = Field(
+        default="auto", description="a memory-backed /dev/shm of this size (data loaders, NCCL); auto: 16Gi with a "
+        "GPU, none without; null: none"
+    )
+    timeout_s: int | None = Field(default=None, gt=0, description="the pod's time limit")
+    retries: int = Field(default=2, ge=0, description="retries with exponential backoff when the task fails (a "
+                         "preempted finetune resumes from its checkpoint)")
+    retry_backoff: str = Field(default="60s", description="the first retry's wait; it doubles each time")
+    caching: bool = Field(default=True, description="reuse a previous run's outputs for the same inputs")
+
+    def effective_shm_size(self) -> str | None:
+        if self.shm_size == "auto":
+            return "16Gi" if self.gpu else None
+        return self.shm_size
 
     def effective_node_selector(self) -> dict[str, str]:
         if self.node_selector is not None:
@@ -411,11 +426,44 @@ class StageResources(_Strict):
 
 
 class ResourcesSpec(_Strict):
+    """Per-stage placement on the cluster, and an optional PVC that caches models across runs."""
+
     prepare: StageResources = StageResources()
     finetune: StageResources = StageResources(gpu=GpuSpec())
     generate: StageResources = StageResources(gpu=GpuSpec())
     evaluate: StageResources = StageResources()
     report: StageResources = StageResources()
+    model_cache_pvc: str | None = Field(
+        default=None, description="a PVC mounted at /cache in finetune and generate (BAKEOFF_CACHE, HF_HOME)"
+    )
+
+
+class SecretRef(_Strict):
+    """One key of a Kubernetes Secret (only its name and key are in the spec, never a value)."""
+
+    name: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
+class S3SecretRef(_Strict):
+    """The Secret that holds the S3 (MinIO) credentials, and optionally the endpoint."""
+
+    name: str = Field(min_length=1)
+    access_key_key: str = "AWS_ACCESS_KEY_ID"
+    secret_key_key: str = "AWS_SECRET_ACCESS_KEY"
+    endpoint_key: str | None = Field(default=None, description="a key holding S3_ENDPOINT, if the Secret has one")
+
+
+class SecretsSpec(_Strict):
+    """Kubernetes Secrets whose keys reach the pods as environment variables."""
+
+    hf_token: SecretRef | None = Field(default=None, description="-> HF_TOKEN (prepare, finetune, generate)")
+    judge_api_key: SecretRef | None = Field(
+        default=None, description="-> the judge's api_key_env (prepare, generate, evaluate)"
+    )
+    s3: S3SecretRef | None = Field(
+        default=None, description="-> AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (every stage)"
+    )
 
 
 class CostSpec(_Strict):
@@ -439,6 +487,7 @@ class ExperimentSpec(_Strict):
     evaluation: EvaluationSpec = EvaluationSpec()
     resources: ResourcesSpec = ResourcesSpec()
     cost: CostSpec = CostSpec()
+    secrets: SecretsSpec = SecretsSpec()
 
     _check_name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
 
