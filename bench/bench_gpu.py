@@ -79,30 +79,11 @@ def stage_run(model_dir: Path, data_dir: Path, steps: int, method: str, **traini
 
 
 def plain_trl(model_dir: Path, data_dir: Path, steps: int, pad_to: int | None) -> float:
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    """The CPU benchmark's plain TRL baseline, on the GPU with the 1B model."""
+    from bench_train import plain_trl as baseline
 
-    from bakeoff.data.prepare import read_split
-    from bakeoff.train.methods import peft_config
-
-    spec = spec_for(model_dir, steps)
-    rows = read_split(data_dir, "train")
-    ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-    with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=8, learning_rate=2e-4,
-                         max_length=pad_to or 1024, pad_to_multiple_of=pad_to, bf16=True, logging_steps=steps,
-                         save_strategy="no", report_to=[], disable_tqdm=True, gradient_checkpointing=True)
-        trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16),
-                             args=args, train_dataset=ds, processing_class=AutoTokenizer.from_pretrained(model_dir),
-                             peft_config=peft_config(spec.peft, "llama"))
-        trainer.remove_callback(PrinterCallback)
-        started = time.perf_counter()
-        trainer.train()
-        seconds = time.perf_counter() - started
-        tokens = [float(e["num_tokens"]) for e in trainer.state.log_history if "num_tokens" in e][-1]
-    return tokens / seconds
+    return baseline(data_dir, steps, pad_to, model=str(model_dir), batch_size=8, learning_rate=2e-4,
+                    max_length=1024, gpu=True)
 
 
 def generation(model_dir: Path, prompts: list[str]) -> dict:
@@ -140,6 +121,7 @@ def generation(model_dir: Path, prompts: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_train's baseline
     parser.add_argument("--out", default="bench/results/gpu.json")
     args = parser.parse_args(argv)
     import torch

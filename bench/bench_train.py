@@ -39,8 +39,10 @@ def smoke_spec(steps: int, **training):
     return parse_spec(data)
 
 
-def plain_trl(data_dir: Path, steps: int, pad_to: int | None) -> float:
-    """Real tokens/s of a plain TRL SFT run (LoRA, same settings), optionally padding every batch to ``pad_to``."""
+def plain_trl(data_dir: Path, steps: int, pad_to: int | None, model: str = "tiny://llama", batch_size: int = 4,
+              learning_rate: float | None = None, max_length: int | None = None, gpu: bool = False) -> float:
+    """Real tokens/s of a plain TRL SFT run (LoRA, the spec's settings), optionally padding every batch to
+    ``pad_to``; on a GPU in bf16 with gradient checkpointing, as the stage runs there."""
     import torch
     from datasets import Dataset
     from transformers import PrinterCallback
@@ -54,13 +56,14 @@ def plain_trl(data_dir: Path, steps: int, pad_to: int | None) -> float:
     rows = read_split(data_dir, "train")
     ds = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
     with tempfile.TemporaryDirectory() as tmp:
-        args = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=4,
-                         learning_rate=spec.training.learning_rate, max_length=pad_to or spec.training.max_seq_length,
-                         pad_to_multiple_of=pad_to, bf16=False, fp16=False, use_cpu=True,
-                         gradient_checkpointing=False, logging_steps=steps, save_strategy="no", report_to=[],
-                         disable_tqdm=True, seed=spec.seed, dataloader_num_workers=0)
-        trainer = SFTTrainer(model=load_model("tiny://llama", dtype=torch.float32), args=args, train_dataset=ds,
-                             processing_class=load_tokenizer("tiny://llama"),
+        args = SFTConfig(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,
+                         learning_rate=learning_rate or spec.training.learning_rate,
+                         max_length=pad_to or max_length or spec.training.max_seq_length, pad_to_multiple_of=pad_to,
+                         bf16=gpu, fp16=False, use_cpu=not gpu, gradient_checkpointing=gpu, logging_steps=steps,
+                         save_strategy="no", report_to=[], disable_tqdm=True, seed=spec.seed, dataloader_num_workers=0)
+        dtype = torch.bfloat16 if gpu else torch.float32
+        trainer = SFTTrainer(model=load_model(model, dtype=dtype, device="cuda" if gpu else None), args=args,
+                             train_dataset=ds, processing_class=load_tokenizer(model),
                              peft_config=peft_config(spec.peft, "llama"))
         trainer.remove_callback(PrinterCallback)
         started = time.perf_counter()
