@@ -141,13 +141,14 @@ def test_report_renders_offline_in_chromium(chromium, results, tmp_path):
 
     shot = tmp_path / "report.png"
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, timeout=15_000)
+        # generous: a first start on a fresh, busy CI machine builds caches (seen over 15 s); a bound, not a check
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, timeout=120_000)
         try:
             context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900},
                                           java_script_enabled=True, service_workers="block")
             context.route("**/*", route)
             page = context.new_page()
-            page.set_default_timeout(10_000)
+            page.set_default_timeout(60_000)
             page.on("request", lambda r: requests.append(r.url))
             page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url} ({r.failure})"))
             page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
