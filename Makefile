@@ -8,7 +8,7 @@ KFP_HOST ?=
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv pipeline test test-fast bench bench-gpu compile lint clean
+.PHONY: venv pipeline test test-fast bench bench-gpu compile lint clean check-deploy
 
 venv: $(STAMP)
 
@@ -43,6 +43,14 @@ bench-gpu: $(STAMP)
 compile: $(STAMP)
 	@mkdir -p build
 	$(BIN)/bakeoff compile $(EXPERIMENT) -o build/$(notdir $(basename $(EXPERIMENT))).yaml
+
+## check-deploy: the Helm chart and manifests, offline: lint and render (helm-python-sdk), kubernetes-validate
+## --strict for 1.29-1.33 on the chart and every kustomize build, yamllint, hadolint and checkov.
+## checkov has its own venv ($(VENV)/checkov): it pins boto3 and packaging below what the project installs.
+check-deploy: $(STAMP)
+	@test -x $(VENV)/checkov/bin/checkov || { $(PYTHON) -m venv $(VENV)/checkov && \
+		$(VENV)/checkov/bin/python -m pip install -q "checkov>=3.2,<4"; }
+	BAKEOFF_CHECK_DEPLOY=1 CHECKOV=$(VENV)/checkov/bin/checkov $(BIN)/python -m pytest -q tests/test_deploy.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check src components pipelines tests bench
