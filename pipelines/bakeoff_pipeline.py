@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from bakeoff_components import evaluate, finetune, generate, prepare_data, report
 from kfp import compiler, dsl, kubernetes
-from kfp.dsl import HTML, Artifact, Markdown
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Model
 
 from bakeoff.spec import ExperimentSpec, StageResources
 
@@ -49,25 +49,13 @@ def place(task: dsl.PipelineTask, res: StageResources) -> dsl.PipelineTask:
     return task
 
 
-# Which stages get which Secret: (stage -> needs hf token, needs the judge key)
-_SECRET_STAGES = {"prepare": (True, True), "finetune": (True, False), "generate": (True, True),
-                  "evaluate": (False, True), "report": (False, False)}
-
-
 def attach_secrets(task: dsl.PipelineTask, stage: str, spec: ExperimentSpec) -> dsl.PipelineTask:
     """Environment variables from the spec's Kubernetes Secrets (names and keys only; no value is compiled)."""
-    secrets = spec.secrets
-    hf, judge = _SECRET_STAGES[stage]
-    if hf and secrets.hf_token:
-        kubernetes.use_secret_as_env(task, secrets.hf_token.name, {secrets.hf_token.key: "HF_TOKEN"})
-    if judge and secrets.judge_api_key:
-        env = spec.evaluation.judge.api_key_env if spec.evaluation.judge else "OPENAI_API_KEY"
-        kubernetes.use_secret_as_env(task, secrets.judge_api_key.name, {secrets.judge_api_key.key: env})
-    if secrets.s3:
-        keys = {secrets.s3.access_key_key: "AWS_ACCESS_KEY_ID", secrets.s3.secret_key_key: "AWS_SECRET_ACCESS_KEY"}
-        if secrets.s3.endpoint_key:
-            keys[secrets.s3.endpoint_key] = "S3_ENDPOINT"
-        kubernetes.use_secret_as_env(task, secrets.s3.name, keys)
+    by_secret: dict[str, dict[str, str]] = {}
+    for name, key, env in spec.secret_env(stage):
+        by_secret.setdefault(name, {})[key] = env
+    for name, keys in by_secret.items():
+        kubernetes.use_secret_as_env(task, name, keys)
     if stage in ("finetune", "generate") and spec.resources.model_cache_pvc:
         kubernetes.mount_pvc(task, pvc_name=spec.resources.model_cache_pvc, mount_path="/cache")
         task.set_env_variable("BAKEOFF_CACHE", "/cache/bakeoff").set_env_variable("HF_HOME", "/cache/huggingface")
@@ -79,26 +67,55 @@ def stage(task: dsl.PipelineTask, name: str, spec: ExperimentSpec) -> dsl.Pipeli
     return attach_secrets(place(task, getattr(spec.resources, name)), name, spec)
 
 
+LAUNCHER = StageResources(cpu="1", memory="2Gi", shm_size=None)
+
+
+def launcher(task: dsl.PipelineTask, spec: ExperimentSpec) -> dsl.PipelineTask:
+    """The finetune task of an arm on several nodes: no GPU of its own (the Trainer job's pods have them),
+    the finetune stage's time limit and retries (a retry attaches to the job it created), its Secrets."""
+    res = spec.resources.finetune
+    placed = place(task, LAUNCHER.model_copy(update={"timeout_s": res.timeout_s, "retries": res.retries,
+                                                     "retry_backoff": res.retry_backoff, "caching": res.caching}))
+    return attach_secrets(placed, "finetune", spec).set_display_name("finetune-launcher")
+
+
 def build_pipeline(spec: ExperimentSpec):
     """The KFP pipeline function for ``spec``."""
-    arm_names = [arm.name for arm in spec.arms]
+    multinode = any(arm.nodes > 1 for arm in spec.arms)
+    arm_items = [{"arm": arm.name, "placement": "one-node" if arm.nodes == 1 else "several-nodes"} for arm in spec.arms] if multinode else \
+        [arm.name for arm in spec.arms]
 
     class Outputs(NamedTuple):
         html: HTML
         markdown: Markdown
         results: Artifact
 
+    @dsl.pipeline(name="finetune-any")
+    def finetune_any(spec_json: str, arm: str, placement: str, data: Input[Dataset]) -> Model:
+        """One arm's finetune: in this pod's GPUs, or (several nodes) a launcher that runs a Trainer job."""
+        with dsl.If(placement == "one-node", name="one-node"):
+            one = stage(finetune(spec_json=spec_json, arm=arm, data=data), "finetune", spec)
+        with dsl.Else(name="several-nodes"):
+            many = launcher(finetune(spec_json=spec_json, arm=arm, data=data), spec)
+        return dsl.OneOf(one.outputs["model"], many.outputs["model"])
+
     @dsl.pipeline(name=f"bakeoff-{spec.name}", description=spec.description or f"bakeoff experiment {spec.name}")
     def bakeoff(spec_json: str = spec.to_json()) -> Outputs:
         prep = stage(prepare_data(spec_json=spec_json), "prepare", spec).set_display_name("prepare-data")
-        with dsl.ParallelFor(items=arm_names, name="arms") as arm:
-            ft = stage(finetune(spec_json=spec_json, arm=arm, data=prep.outputs["data"]), "finetune", spec)
-            gen = stage(generate(spec_json=spec_json, arm=arm, data=prep.outputs["data"], model=ft.outputs["model"]),
-                        "generate", spec)
+        with dsl.ParallelFor(items=arm_items, name="arms") as item:
+            arm = item.arm if multinode else item
+            if multinode:
+                model = finetune_any(spec_json=spec_json, arm=arm, placement=item.placement,
+                                     data=prep.outputs["data"]).output
+            else:
+                ft = stage(finetune(spec_json=spec_json, arm=arm, data=prep.outputs["data"]), "finetune", spec)
+                model = ft.outputs["model"]
+            gen = stage(generate(spec_json=spec_json, arm=arm, data=prep.outputs["data"], model=model), "generate",
+                        spec)
             ev = stage(evaluate(spec_json=spec_json, arm=arm, generations=gen.outputs["generations"]),
                        "evaluate", spec)
         rep = stage(
-            report(spec_json=spec_json, data=prep.outputs["data"], models=dsl.Collected(ft.outputs["model"]),
+            report(spec_json=spec_json, data=prep.outputs["data"], models=dsl.Collected(model),
                    scores=dsl.Collected(ev.outputs["scores"])),
             "report", spec,
         )

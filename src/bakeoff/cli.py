@@ -67,10 +67,13 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_finetune(args) -> int:
-    from bakeoff.train.launch import finetune_arm
+    from bakeoff.train.launch import finetune_arm, finetune_remote
 
     spec = load_spec(args.spec)
-    result = finetune_arm(spec, args.arm, args.data, args.out, processes=args.processes)
+    if args.data.startswith("s3://") or args.out.startswith("s3://"):
+        result = finetune_remote(spec, args.arm, args.data, args.out, processes=args.processes)
+    else:
+        result = finetune_arm(spec, args.arm, args.data, args.out, processes=args.processes)
     # one report: the launcher's (its ranks stay quiet), or rank 0's under a torchrun started by hand
     if not os.environ.get("BAKEOFF_LAUNCHED") and os.environ.get("RANK", "0") == "0":
         print(json.dumps(result.metrics()))
@@ -147,10 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_cmd_prepare)
 
     s = sub.add_parser("finetune", help="fine-tune one arm")
-    s.add_argument("spec")
+    s.add_argument("spec", help="a spec file, or env:NAME to read it from an environment variable")
     s.add_argument("--arm", required=True)
-    s.add_argument("--data", required=True, help="the prepare stage's output folder")
-    s.add_argument("--out", required=True)
+    s.add_argument("--data", required=True, help="the prepare stage's output folder (or an s3:// prefix)")
+    s.add_argument("--out", required=True, help="a folder, or an s3:// prefix (rank 0 uploads, COMPLETE last)")
     s.add_argument("--processes", type=int, help="data-parallel processes (default: one per GPU the spec asks "
                    "for, when visible); more than 1 relaunches under torchrun")
     s.set_defaults(func=_cmd_finetune)

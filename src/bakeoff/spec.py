@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -268,6 +269,10 @@ class ArmSpec(_Strict):
     model: str = Field(min_length=1, description="hf://org/name[@rev], tiny://FAMILY, s3://bucket/key or a path")
     peft: PeftOverride = Field(default_factory=PeftOverride, description="keys of `peft` to override for this arm")
     trust_remote_code: bool = False
+    nodes: int = Field(
+        default=1, ge=1, description="training nodes, each with resources.finetune.gpu; more than 1 runs a "
+        "Kubeflow Trainer job (resources.trainer) from the finetune component"
+    )
 
     _check_name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
 
@@ -425,6 +430,24 @@ class StageResources(_Strict):
         return [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")] if self.gpu else []
 
 
+class TrainerJobSpec(_Strict):
+    """How an arm with several nodes trains: a Kubeflow Trainer job the finetune component creates and follows."""
+
+    api: Literal["trainjob", "pytorchjob"] = Field(
+        default="trainjob", description="trainjob: Kubeflow Trainer v2 (trainer.kubeflow.org); pytorchjob: the "
+        "older Training Operator (kubeflow.org/v1)"
+    )
+    runtime: str = Field(default="torch-distributed", description="the TrainJob's ClusterTrainingRuntime")
+    pod_overrides: Literal["podTemplateOverrides", "runtimePatches"] = Field(
+        default="podTemplateOverrides", description="the TrainJob field that carries node selector, tolerations "
+        "and volumes to the training pods (runtimePatches on Trainer releases that replaced podTemplateOverrides)"
+    )
+    namespace: str | None = Field(default=None, description="default: the namespace of the finetune pod")
+    service_account: str | None = None
+    poll_s: float = Field(default=15, gt=0, description="seconds between status checks")
+    timeout_s: int | None = Field(default=None, gt=0, description="give up (and delete the job) after this long")
+
+
 class ResourcesSpec(_Strict):
     """Per-stage placement on the cluster, and an optional PVC that caches models across runs."""
 
@@ -436,6 +459,7 @@ class ResourcesSpec(_Strict):
     model_cache_pvc: str | None = Field(
         default=None, description="a PVC mounted at /cache in finetune and generate (BAKEOFF_CACHE, HF_HOME)"
     )
+    trainer: TrainerJobSpec = TrainerJobSpec()
 
 
 class SecretRef(_Strict):
@@ -499,6 +523,9 @@ class ExperimentSpec(_Strict):
             if arm.name in seen:
                 errors.append(f"arms[{i}].name: duplicate arm name {arm.name!r}")
             seen.add(arm.name)
+            if arm.nodes > 1 and not (self.training.checkpoint_uri or "").startswith("s3://"):
+                errors.append(f"arms[{i}].nodes: {arm.nodes} nodes need training.checkpoint_uri on s3:// (the "
+                              "training pods read the data and write the adapter there)")
         if len(set(self.variants)) != len(self.variants):
             errors.append("variants: must be unique")
         if errors:
@@ -523,6 +550,28 @@ class ExperimentSpec(_Strict):
             return None
         name = arm if isinstance(arm, str) else arm.name
         return f"{self.training.checkpoint_uri.rstrip('/')}/{self.name}/{name}"
+
+    def secret_env(self, stage: str) -> list[tuple[str, str, str]]:
+        """(Secret name, key, environment variable) for each Secret key ``stage`` needs; names only, no values.
+
+        HF token: prepare, finetune, generate. Judge key: prepare and generate (the preflight), evaluate.
+        S3 credentials (and endpoint, if the Secret holds it): every stage.
+        """
+        needs_hf = stage in ("prepare", "finetune", "generate")
+        needs_judge = stage in ("prepare", "generate", "evaluate")
+        out = []
+        if needs_hf and self.secrets.hf_token:
+            out.append((self.secrets.hf_token.name, self.secrets.hf_token.key, "HF_TOKEN"))
+        if needs_judge and self.secrets.judge_api_key:
+            env = self.evaluation.judge.api_key_env if self.evaluation.judge else "OPENAI_API_KEY"
+            out.append((self.secrets.judge_api_key.name, self.secrets.judge_api_key.key, env))
+        s3 = self.secrets.s3
+        if s3:
+            out.append((s3.name, s3.access_key_key, "AWS_ACCESS_KEY_ID"))
+            out.append((s3.name, s3.secret_key_key, "AWS_SECRET_ACCESS_KEY"))
+            if s3.endpoint_key:
+                out.append((s3.name, s3.endpoint_key, "S3_ENDPOINT"))
+        return out
 
     def to_json(self) -> str:
         """Canonical JSON (what the pipeline carries between components)."""
@@ -605,7 +654,20 @@ def parse_spec(data: Any, source: str | None = None) -> ExperimentSpec:
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
-    """Load and validate a spec YAML file. Relative local data paths are resolved against its folder."""
+    """Load and validate a spec YAML file. Relative local data paths are resolved against its folder.
+
+    ``env:NAME`` reads the spec (JSON or YAML) from the environment variable NAME instead: the training
+    pods of a multi-node job get it that way.
+    """
+    if str(path).startswith("env:"):
+        var = str(path)[4:]
+        if var not in os.environ:
+            raise SpecError(f"cannot read spec: environment variable {var} is not set", str(path))
+        try:
+            data = yaml.safe_load(os.environ[var])
+        except yaml.YAMLError as exc:
+            raise SpecError(f"(root): not valid YAML: {exc}", str(path)) from exc
+        return parse_spec(data, str(path))
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -84,6 +84,7 @@ def download_s3_prefix(uri: str, dest: str | Path) -> Path:
     If the URI names one object, it lands as ``dest/<basename>``. An empty prefix is an error.
     """
     from minio.error import S3Error
+    from urllib3.exceptions import HTTPError  # minio's transport
 
     bucket, key = parse_s3_uri(uri)
     dest = Path(dest)
@@ -105,7 +106,7 @@ def download_s3_prefix(uri: str, dest: str | Path) -> Path:
             client.fget_object(bucket, obj.object_name, str(dest / rel))
     except S3Error as exc:
         raise StorageError(f"{uri}: {exc.code}: {exc.message}") from exc
-    except OSError as exc:
+    except (OSError, HTTPError) as exc:  # urllib3 gives up after its retries with MaxRetryError
         raise StorageError(f"{uri}: cannot reach the S3 endpoint ({exc}); check S3_ENDPOINT") from exc
     return dest
 
@@ -120,9 +121,18 @@ def upload_dir(src: str | Path, uri: str, only: list[str] | None = None) -> list
     keys = []
     src = Path(src)
     files = [src / name for name in only] if only is not None else [p for p in src.rglob("*") if p.is_file()]
+    from minio.error import S3Error
+    from urllib3.exceptions import HTTPError
+
     for path in sorted(files):
         name = "/".join(filter(None, [key.rstrip("/"), path.relative_to(src).as_posix()]))
-        client.fput_object(bucket, name, str(path))
+        try:
+            client.fput_object(bucket, name, str(path))
+        except S3Error as exc:
+            raise StorageError(f"s3://{bucket}/{name}: {exc.code}: {exc.message}") from exc
+        except HTTPError as exc:
+            raise StorageError(f"s3://{bucket}/{name}: cannot reach the S3 endpoint ({exc}); check S3_ENDPOINT") \
+                from exc
         keys.append(name)
     return keys
 

@@ -37,8 +37,14 @@ def processes_for(spec: ExperimentSpec) -> int:
 def finetune_arm(spec: ExperimentSpec, arm: str, data_dir: str | Path, out_dir: str | Path,
                  processes: int | None = None) -> TrainResult:
     """Fine-tune one arm of ``spec``: in this process, or under torchrun with ``processes`` ranks."""
-    processes = processes_for(spec) if processes is None else processes
     arm_spec = spec.arm(arm)
+    if arm_spec.nodes > 1 and "LOCAL_RANK" not in os.environ:
+        # several nodes: a Kubeflow Trainer job runs this same code (under torchrun) on each of them
+        from bakeoff.train.trainer_job import run_multinode
+
+        run_multinode(spec, arm, data_dir, out_dir)
+        return _read_result(out_dir)
+    processes = processes_for(spec) if processes is None else processes
     if processes <= 1 or "LOCAL_RANK" in os.environ:
         return finetune(arm_spec, spec.training, spec.arm_peft(arm_spec), data_dir, out_dir, spec.seed, spec.cost,
                         checkpoint_uri=spec.checkpoint_uri(arm_spec))
@@ -53,9 +59,36 @@ def finetune_arm(spec: ExperimentSpec, arm: str, data_dir: str | Path, out_dir: 
     if done.returncode != 0:
         raise TrainingError(f"arm {arm}: the {processes}-process training run failed (exit {done.returncode}); "
                             "its log above says why")
+    return _read_result(out_dir)
+
+
+def _read_result(out_dir: str | Path) -> TrainResult:
     record = read_training(out_dir)
     fields = set(TrainResult.__dataclass_fields__)
     return TrainResult(**{k: v for k, v in record.items() if k in fields})
 
 
-__all__ = ["finetune_arm", "processes_for"]
+def finetune_remote(spec: ExperimentSpec, arm: str, data: str, out: str, processes: int | None = None) -> TrainResult:
+    """``bakeoff finetune`` with ``s3://`` data and output (the training pods of a multi-node job): each
+    process downloads the data, trains, and global rank 0 uploads the result, its COMPLETE marker last."""
+    from bakeoff.storage import download_s3_prefix, upload_dir
+
+    with tempfile.TemporaryDirectory(prefix="bakeoff-finetune-") as tmp:
+        data_dir, out_dir = Path(tmp) / "data", Path(tmp) / "out"
+        if data.startswith("s3://"):
+            download_s3_prefix(data, data_dir)
+        else:
+            data_dir = Path(data)
+        if not out.startswith("s3://"):
+            return finetune_arm(spec, arm, data_dir, out, processes=processes)
+        result = finetune_arm(spec, arm, data_dir, out_dir, processes=processes)
+        if os.environ.get("RANK", "0") == "0":
+            upload_dir(out_dir, out)
+            marker = Path(tmp) / "COMPLETE"
+            marker.write_text("complete\n")
+            upload_dir(Path(tmp), out, only=["COMPLETE"])
+            log.info("uploaded the result to %s", out)
+        return result
+
+
+__all__ = ["finetune_arm", "finetune_remote", "processes_for"]

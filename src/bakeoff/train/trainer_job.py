@@ -1,0 +1,342 @@
+"""Several nodes: the finetune component creates a Kubeflow Trainer job and follows it to the end.
+
+The job runs the finetune image and the same training code (``bakeoff finetune`` under torchrun; the
+Trainer sets ``PET_NNODES``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` ... for it) on ``arm.nodes`` pods,
+each with ``resources.finetune`` (GPUs, CPU, memory), node selector, tolerations, Secrets as env vars,
+a memory-backed ``/dev/shm``, the model-cache PVC and a restricted security context.
+
+Data and results move through the arm's S3 checkpoint location (``training.checkpoint_uri``):
+
+    <checkpoint_uri>/<experiment>/<arm>/job/data/     the prepared splits, uploaded by the component
+    <checkpoint_uri>/<experiment>/<arm>/job/result/   the adapter and training.json, uploaded by rank 0
+                                                      (COMPLETE last), collected by the component
+
+Two APIs: ``trainjob`` (Kubeflow Trainer v2, ``trainer.kubeflow.org/v1alpha1``, a ClusterTrainingRuntime
+such as ``torch-distributed``) and ``pytorchjob`` (the older Training Operator, ``kubeflow.org/v1``).
+The job's name is derived from the spec and arm, so a retried component attaches to the job it
+created instead of starting (and paying for) a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bakeoff.errors import StorageError, TrainingError
+from bakeoff.images import image_for
+from bakeoff.spec import ArmSpec, ExperimentSpec
+
+log = logging.getLogger(__name__)
+
+SPEC_ENV = "BAKEOFF_SPEC_JSON"
+COMPLETE = "COMPLETE"
+USER_ID = 10001  # the images' non-root user
+
+
+@dataclass(frozen=True)
+class JobKind:
+    group: str
+    version: str
+    plural: str
+    kind: str
+
+
+TRAINJOB = JobKind("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
+PYTORCHJOB = JobKind("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob")
+
+
+def job_kind(spec: ExperimentSpec) -> JobKind:
+    return TRAINJOB if spec.resources.trainer.api == "trainjob" else PYTORCHJOB
+
+
+def job_name(spec: ExperimentSpec, arm: ArmSpec) -> str:
+    """A DNS-1035 name, stable for the same spec and arm (a rerun attaches to the job), at most 63 chars."""
+    digest = hashlib.sha256(f"{spec.to_json()}\0{arm.name}".encode()).hexdigest()[:8]
+    stem = re.sub(r"[^a-z0-9-]+", "-", f"bakeoff-{spec.name}-{arm.name}".lower()).strip("-")
+    return f"{stem[:54].rstrip('-')}-{digest}"
+
+
+def job_uri(spec: ExperimentSpec, arm: ArmSpec) -> str:
+    uri = spec.checkpoint_uri(arm)
+    if not uri or not uri.startswith("s3://"):
+        raise TrainingError(f"arm {arm.name}: {arm.nodes} nodes need training.checkpoint_uri on s3://")
+    return f"{uri}/job"
+
+
+def training_command(arm: ArmSpec, uri: str) -> list[str]:
+    """What every training pod runs: torchrun (its rendezvous from the Trainer's PET_* variables) over
+    the same ``bakeoff finetune`` the single-node stage runs."""
+    return ["python", "-m", "torch.distributed.run", "-m", "bakeoff.cli", "finetune", f"env:{SPEC_ENV}",
+            "--arm", arm.name, "--data", f"{uri}/data", "--out", f"{uri}/result", "--processes", "1"]
+
+
+def _env(spec: ExperimentSpec) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [{"name": SPEC_ENV, "value": spec.to_json()},
+                                 {"name": "HOME", "value": "/home/bakeoff"}]
+    secret_vars = set()
+    for name, key, var in spec.secret_env("finetune"):
+        env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
+        secret_vars.add(var)
+    # The endpoint is not a secret: pass the launcher's own on (unless a Secret already provides it).
+    for var in ("S3_ENDPOINT", "S3_SECURE", "AWS_REGION"):
+        if var not in secret_vars and os.environ.get(var):
+            env.append({"name": var, "value": os.environ[var]})
+    if spec.resources.model_cache_pvc:
+        env += [{"name": "BAKEOFF_CACHE", "value": "/cache/bakeoff"},
+                {"name": "HF_HOME", "value": "/cache/huggingface"}]
+    return env
+
+
+def _resources(spec: ExperimentSpec) -> dict[str, Any]:
+    res = spec.resources.finetune
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if res.gpu:
+        limits[res.gpu.type] = str(res.gpu.count)
+    if res.cpu:
+        requests["cpu"] = limits["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+    return {k: v for k, v in (("requests", requests), ("limits", limits)) if v}
+
+
+def _volumes(spec: ExperimentSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Writable scratch (the root filesystem is read-only), /dev/shm and the model cache."""
+    volumes = [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
+    mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": "/home/bakeoff"}]
+    shm = spec.resources.finetune.effective_shm_size()
+    if shm:
+        volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
+        mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
+    if spec.resources.model_cache_pvc:
+        volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": spec.resources.model_cache_pvc}})
+        mounts.append({"name": "model-cache", "mountPath": "/cache"})
+    return volumes, mounts
+
+
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID, "fsGroup": USER_ID,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                      "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
+
+
+def _placement(spec: ExperimentSpec) -> dict[str, Any]:
+    res = spec.resources.finetune
+    out: dict[str, Any] = {}
+    if res.effective_node_selector():
+        out["nodeSelector"] = res.effective_node_selector()
+    if res.effective_tolerations():
+        out["tolerations"] = [t.model_dump(exclude_none=True) for t in res.effective_tolerations()]
+    return out
+
+
+def build_manifest(spec: ExperimentSpec, arm: str | ArmSpec, namespace: str, image: str | None = None) -> dict:
+    """The TrainJob (or PyTorchJob) that trains ``arm`` on ``arm.nodes`` nodes."""
+    arm = spec.arm(arm) if isinstance(arm, str) else arm
+    kind = job_kind(spec)
+    trainer = spec.resources.trainer
+    res = spec.resources.finetune
+    image = image or image_for("finetune")
+    uri = job_uri(spec, arm)
+    procs = res.gpu.count if res.gpu else 1
+    volumes, mounts = _volumes(spec)
+    metadata = {"name": job_name(spec, arm), "namespace": namespace,
+                "labels": {"app.kubernetes.io/name": "bakeoff", "app.kubernetes.io/component": "finetune",
+                           "bakeoff/experiment": spec.name[:63], "bakeoff/arm": arm.name[:63]}}
+    pod_spec: dict[str, Any] = {**_placement(spec), "securityContext": POD_SECURITY, "volumes": volumes}
+    if trainer.service_account:
+        pod_spec["serviceAccountName"] = trainer.service_account
+    deadline = trainer.timeout_s or res.timeout_s
+
+    if kind is TRAINJOB:
+        body: dict[str, Any] = {
+            "runtimeRef": {"name": trainer.runtime},
+            "trainer": {"image": image, "command": training_command(arm, uri), "env": _env(spec),
+                        "numNodes": arm.nodes, "numProcPerNode": procs},
+        }
+        if _resources(spec):
+            body["trainer"]["resourcesPerNode"] = _resources(spec)
+        if deadline:
+            body["activeDeadlineSeconds"] = deadline
+        patch = {**pod_spec, "containers": [{"name": "node", "volumeMounts": mounts,
+                                             "securityContext": CONTAINER_SECURITY}]}
+        if trainer.pod_overrides == "podTemplateOverrides":
+            body["podTemplateOverrides"] = [{"targetJobs": [{"name": "node"}], "spec": patch}]
+        else:
+            body["runtimePatches"] = [{"manager": "bakeoff", "trainingRuntimeSpec": {"template": {"spec": {
+                "replicatedJobs": [{"name": "node", "template": {"spec": {"template": {"spec": patch}}}}]}}}}]
+        return {"apiVersion": f"{kind.group}/{kind.version}", "kind": kind.kind, "metadata": metadata, "spec": body}
+
+    container = {"name": "pytorch", "image": image, "command": training_command(arm, uri), "env": _env(spec),
+                 "volumeMounts": mounts, "securityContext": CONTAINER_SECURITY}
+    if _resources(spec):
+        container["resources"] = _resources(spec)
+    template = {"metadata": {"labels": dict(metadata["labels"])}, "spec": {**pod_spec, "containers": [container]}}
+    replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
+    if arm.nodes > 1:
+        replicas["Worker"] = {"replicas": arm.nodes - 1, "restartPolicy": "OnFailure", "template": template}
+    run_policy: dict[str, Any] = {"cleanPodPolicy": "None", "backoffLimit": max(res.retries, 0)}
+    if deadline:
+        run_policy["activeDeadlineSeconds"] = deadline
+    body = {"nprocPerNode": str(procs), "pytorchReplicaSpecs": replicas, "runPolicy": run_policy}
+    return {"apiVersion": f"{kind.group}/{kind.version}", "kind": kind.kind, "metadata": metadata, "spec": body}
+
+
+def job_state(kind: JobKind, obj: dict) -> tuple[str, str]:
+    """("running" | "succeeded" | "failed", a message) from a job's status conditions."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    done = {"Complete", "Succeeded"}
+    for cond in conditions:
+        if str(cond.get("status")) != "True":
+            continue
+        message = cond.get("message") or cond.get("reason") or ""
+        if cond.get("type") in done:
+            return "succeeded", message
+        if cond.get("type") == "Failed":
+            return "failed", message
+    latest = conditions[-1] if conditions else {}
+    return "running", f"{latest.get('type', 'Pending')}: {latest.get('message') or latest.get('reason') or ''}".strip()
+
+
+def _current_namespace() -> str:
+    path = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+    return path.read_text().strip() if path.exists() else "default"
+
+
+def kube_api():
+    """A CustomObjectsApi from the in-cluster service account, or the kubeconfig outside a cluster."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        try:
+            config.load_kube_config()
+        except (config.ConfigException, OSError) as exc:
+            raise TrainingError("several nodes need a Kubernetes API: run inside the cluster (the pipeline's "
+                                f"service account) or with a kubeconfig ({exc})") from exc
+    return client.CustomObjectsApi()
+
+
+def _api_error(exc: Exception) -> TrainingError:
+    status = getattr(exc, "status", None)
+    body = getattr(exc, "body", None) or str(exc)
+    if status == 403:
+        return TrainingError(f"the Kubernetes API refused ({body}); the pipeline's service account needs create, "
+                             "get, list, watch and delete on trainjobs.trainer.kubeflow.org (or "
+                             "pytorchjobs.kubeflow.org): see the Helm chart's Role")
+    if status == 404:
+        return TrainingError(f"the Kubernetes API has no such resource ({body}); is Kubeflow Trainer installed? "
+                             "Set resources.trainer.api to pytorchjob on clusters with the older Training Operator")
+    return TrainingError(f"Kubernetes API error {status}: {body}")
+
+
+def submit_job(api, manifest: dict) -> dict:
+    """Create the job, or return the one already there (a retried component must not train twice)."""
+    kind = TRAINJOB if manifest["kind"] == TRAINJOB.kind else PYTORCHJOB
+    ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
+    try:
+        created = api.create_namespaced_custom_object(kind.group, kind.version, ns, kind.plural, manifest)
+        log.info("created %s %s/%s", kind.kind, ns, name)
+        return created
+    except Exception as exc:  # kubernetes.client.ApiException, without importing kubernetes here
+        if getattr(exc, "status", None) == 409:
+            log.info("%s %s/%s exists already (an earlier attempt): following it", kind.kind, ns, name)
+            return api.get_namespaced_custom_object(kind.group, kind.version, ns, kind.plural, name)
+        raise _api_error(exc) from exc
+
+
+def wait_for_job(api, kind: JobKind, namespace: str, name: str, poll_s: float = 15,
+                 timeout_s: float | None = None, sleep: Callable[[float], None] = time.sleep) -> str:
+    """Poll until the job succeeds (returns its message) or fails (TrainingError with the job's message)."""
+    started = time.monotonic()
+    last = None
+    failures = 0
+    while True:
+        try:
+            obj = api.get_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name)
+            failures = 0
+        except Exception as exc:
+            failures += 1
+            if failures >= 5 or getattr(exc, "status", None) in (403, 404):
+                raise _api_error(exc) from exc
+            log.warning("reading %s %s failed (%s); retrying", kind.kind, name, exc)
+            sleep(poll_s)
+            continue
+        state, message = job_state(kind, obj)
+        if (state, message) != last:
+            log.info("%s %s/%s: %s %s", kind.kind, namespace, name, state, message)
+            last = (state, message)
+        if state == "succeeded":
+            return message
+        if state == "failed":
+            raise TrainingError(f"{kind.kind} {namespace}/{name} failed: {message or 'no message'}; its pods' logs: "
+                                f"kubectl logs -n {namespace} -l {_pod_label(kind)}={name} --tail=100")
+        if timeout_s and time.monotonic() - started > timeout_s:
+            try:
+                api.delete_namespaced_custom_object(kind.group, kind.version, namespace, kind.plural, name)
+            except Exception as exc:  # report the timeout, not the cleanup
+                log.warning("could not delete %s %s: %s", kind.kind, name, exc)
+            raise TrainingError(f"{kind.kind} {namespace}/{name} did not finish within {timeout_s:.0f} s "
+                                "(resources.trainer.timeout_s); it was deleted")
+        sleep(poll_s)
+
+
+def _pod_label(kind: JobKind) -> str:
+    return "jobset.sigs.k8s.io/jobset-name" if kind is TRAINJOB else "training.kubeflow.org/job-name"
+
+
+def upload_data(data_dir: str | Path, uri: str) -> None:
+    from bakeoff.storage import upload_dir
+
+    keys = upload_dir(data_dir, f"{uri}/data")
+    log.info("uploaded %d data files to %s/data", len(keys), uri)
+
+
+def collect_result(uri: str, out_dir: str | Path) -> Path:
+    """Download the adapter rank 0 uploaded; an upload without its COMPLETE marker is an error."""
+    from bakeoff.storage import download_s3_prefix
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            download_s3_prefix(f"{uri}/result", tmp)
+        except StorageError as exc:
+            raise TrainingError(f"the training job finished but left no result at {uri}/result: {exc}") from exc
+        if not (Path(tmp) / COMPLETE).exists():
+            raise TrainingError(f"{uri}/result has no {COMPLETE} marker: the upload from rank 0 did not finish")
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for path in Path(tmp).rglob("*"):
+            if path.is_file() and path.name != COMPLETE:
+                target = out / path.relative_to(tmp)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                path.replace(target)
+    return Path(out_dir)
+
+
+def run_multinode(spec: ExperimentSpec, arm: str, data_dir: str | Path, out_dir: str | Path, api=None,
+                  sleep: Callable[[float], None] = time.sleep) -> Path:
+    """Upload the data, create (or attach to) the job, wait for it, and collect the adapter into ``out_dir``."""
+    arm_spec = spec.arm(arm)
+    trainer = spec.resources.trainer
+    namespace = trainer.namespace or _current_namespace()
+    uri = job_uri(spec, arm_spec)
+    api = api or kube_api()
+    manifest = build_manifest(spec, arm_spec, namespace)
+    upload_data(data_dir, uri)
+    submit_job(api, manifest)
+    wait_for_job(api, job_kind(spec), namespace, manifest["metadata"]["name"], poll_s=trainer.poll_s,
+                 timeout_s=trainer.timeout_s or spec.resources.finetune.timeout_s, sleep=sleep)
+    return collect_result(uri, out_dir)
+
+
+__all__ = ["PYTORCHJOB", "TRAINJOB", "build_manifest", "collect_result", "job_name", "job_state", "run_multinode",
+           "submit_job", "training_command", "wait_for_job"]
