@@ -8,7 +8,7 @@ KFP_HOST ?=
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv pipeline test test-fast bench bench-gpu compile lint clean check-deploy
+.PHONY: venv pipeline test test-fast bench bench-gpu compile compiled lint clean check-deploy images base-image test-images
 
 venv: $(STAMP)
 
@@ -51,6 +51,27 @@ check-deploy: $(STAMP)
 	@test -x $(VENV)/checkov/bin/checkov || { $(PYTHON) -m venv $(VENV)/checkov && \
 		$(VENV)/checkov/bin/python -m pip install -q "checkov>=3.2,<4"; }
 	BAKEOFF_CHECK_DEPLOY=1 CHECKOV=$(VENV)/checkov/bin/checkov $(BIN)/python -m pytest -q tests/test_deploy.py
+
+## images: build the five stage images as $(REGISTRY)/bakeoff-<stage>:$(TAG) (the tag the pipeline expects by
+## default is the package version); PUSH=1 pushes them. BASE_IMAGE / GPU_BASE_IMAGE replace the pinned bases,
+## WHEELS offers local wheels first, CA_BUNDLE passes a CA for an intercepting proxy. See images/build.sh.
+REGISTRY ?= localhost:5000/bakeoff
+TAG ?=
+images:
+	REGISTRY=$(REGISTRY) TAG=$(TAG) images/build.sh $(STAGES)
+
+## base-image: a Debian base made offline with debootstrap (local/debian:bookworm), for builds without a registry
+base-image:
+	images/base-image.sh
+
+## test-images: run a pipeline stage inside its built image through KFP's Docker runner
+test-images: $(STAMP)
+	BAKEOFF_DOCKER_TEST=1 BAKEOFF_REGISTRY=$(REGISTRY) $(if $(TAG),BAKEOFF_IMAGE_TAG=$(TAG)) \
+		$(BIN)/python -m pytest -q tests/test_images.py
+
+## compiled: rewrite pipelines/compiled/<experiment>.yaml for every shipped experiment (CI fails when stale)
+compiled: $(STAMP)
+	$(BIN)/python -m bakeoff_pipelines.compiled --write
 
 lint: $(STAMP)
 	$(BIN)/ruff check src components pipelines tests bench

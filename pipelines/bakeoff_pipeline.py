@@ -11,7 +11,6 @@ import builtins
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -62,9 +61,21 @@ def attach_secrets(task: dsl.PipelineTask, stage: str, spec: ExperimentSpec) -> 
     return task
 
 
+IMAGE_USER = 10001  # the stage images' non-root user (images/<stage>/Dockerfile)
+
+
+def harden(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
+    """Run as the images' non-root user (the KFP compiler adds no privilege escalation, dropped
+    capabilities and the RuntimeDefault seccomp profile); label the pod with its stage."""
+    kubernetes.set_security_context(task, run_as_user=IMAGE_USER, run_as_group=IMAGE_USER, run_as_non_root=True)
+    kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "bakeoff")
+    kubernetes.add_pod_label(task, "bakeoff/stage", name)
+    return task
+
+
 def stage(task: dsl.PipelineTask, name: str, spec: ExperimentSpec) -> dsl.PipelineTask:
-    """Placement and Secrets of one stage's task."""
-    return attach_secrets(place(task, getattr(spec.resources, name)), name, spec)
+    """Placement, Secrets and security context of one stage's task."""
+    return harden(attach_secrets(place(task, getattr(spec.resources, name)), name, spec), name)
 
 
 LAUNCHER = StageResources(cpu="1", memory="2Gi", shm_size=None)
@@ -76,14 +87,17 @@ def launcher(task: dsl.PipelineTask, spec: ExperimentSpec) -> dsl.PipelineTask:
     res = spec.resources.finetune
     placed = place(task, LAUNCHER.model_copy(update={"timeout_s": res.timeout_s, "retries": res.retries,
                                                      "retry_backoff": res.retry_backoff, "caching": res.caching}))
-    return attach_secrets(placed, "finetune", spec).set_display_name("finetune-launcher")
+    return harden(attach_secrets(placed, "finetune", spec), "finetune").set_display_name("finetune-launcher")
 
 
 def build_pipeline(spec: ExperimentSpec):
     """The KFP pipeline function for ``spec``."""
     multinode = any(arm.nodes > 1 for arm in spec.arms)
-    arm_items = [{"arm": arm.name, "placement": "one-node" if arm.nodes == 1 else "several-nodes"} for arm in spec.arms] if multinode else \
-        [arm.name for arm in spec.arms]
+    if multinode:
+        arm_items = [{"arm": arm.name, "placement": "one-node" if arm.nodes == 1 else "several-nodes"}
+                     for arm in spec.arms]
+    else:
+        arm_items = [arm.name for arm in spec.arms]
 
     class Outputs(NamedTuple):
         html: HTML
@@ -163,17 +177,3 @@ def run_local(spec: ExperimentSpec, out_dir: str | Path) -> dict[str, Path]:
         paths[key] = target
     log.info("pipeline finished in %.1f s", time.perf_counter() - started)
     return paths
-
-
-def submit(spec: ExperimentSpec, host: str, experiment: str | None = None) -> str:
-    """Compile and submit ``spec`` to the Kubeflow Pipelines endpoint ``host``; returns the run id."""
-    import kfp
-
-    client = kfp.Client(host=host)
-    with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(spec, Path(tmp) / "pipeline.yaml")
-        run = client.create_run_from_pipeline_package(
-            str(package), arguments={}, run_name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            experiment_name=experiment or f"bakeoff-{spec.name}",
-        )
-    return run.run_id

@@ -37,7 +37,12 @@ def test_finetune_asks_for_gpu_node_selector_and_toleration(tmp_path):
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in k8s["tolerations"]
     # CPU-only stages ask for no GPU and land on no GPU pool.
     assert "accelerator" not in _executor(pipeline, "report").get("resources", {})
-    assert "exec-report" not in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    report = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-report"]
+    assert "nodeSelector" not in report and "tolerations" not in report
+    # Every stage runs as the images' non-root user, labelled with its stage.
+    for name, executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+        assert executor["securityContext"] == {"runAsUser": "10001", "runAsGroup": "10001", "runAsNonRoot": True}
+        assert executor["podMetadata"]["labels"]["bakeoff/stage"] == name.removeprefix("exec-").replace("-data", "")
 
 
 def test_scheduling_follows_the_spec(tmp_path, smoke_spec):
@@ -66,30 +71,6 @@ def test_pipeline_shape(tmp_path, smoke_spec):
     assert parse_spec(yaml.safe_load(default)).name == "smoke"
     # Images come from one place and follow the package version.
     assert _executor(pipeline, "finetune")["image"].endswith("/bakeoff-finetune:0.1.0")
-
-
-def test_run_with_host_submits_the_compiled_pipeline(monkeypatch, capsys):
-    import kfp
-
-    seen = {}
-
-    class FakeClient:
-        def __init__(self, host):
-            seen["host"] = host
-
-        def create_run_from_pipeline_package(self, package, arguments, run_name, experiment_name):
-            seen["pipeline"] = list(yaml.safe_load_all(open(package).read()))[0]["pipelineInfo"]["name"]
-            seen["experiment"] = experiment_name
-
-            class Run:
-                run_id = "run-123"
-
-            return Run()
-
-    monkeypatch.setattr(kfp, "Client", FakeClient)
-    assert main(["run", "experiments/smoke.yaml", "--host", "http://kfp.example:8888"]) == 0
-    assert seen == {"host": "http://kfp.example:8888", "pipeline": "bakeoff-smoke", "experiment": "bakeoff-smoke"}
-    assert "submitted run run-123" in capsys.readouterr().out
 
 
 def _with_secrets(spec):
@@ -153,3 +134,29 @@ def test_every_shipped_experiment_compiles_with_its_scheduling_and_images(path, 
             assert k8s[f"exec-{executor}"]["nodeSelector"]["labels"] == res.effective_node_selector()
         else:
             assert "accelerator" not in container.get("resources", {})
+
+
+def test_an_arm_on_several_nodes_gets_a_launcher_without_a_gpu(tmp_path, smoke_spec):
+    data = smoke_spec.model_dump(mode="json")
+    data["arms"][1]["nodes"] = 4
+    data["training"]["checkpoint_uri"] = "s3://ckpt/bakeoff"
+    data["resources"]["finetune"]["timeout_s"] = 36000
+    pipeline, platform = _compile(tmp_path, parse_spec(data))
+    loop = pipeline["root"]["dag"]["tasks"]["for-loop-2"]["parameterIterator"]["items"]["raw"]
+    assert yaml.safe_load(loop) == [{"arm": "tiny-llama", "placement": "one-node"},
+                                    {"arm": "tiny-mixtral", "placement": "several-nodes"}]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    one, launcher = _executor(pipeline, "finetune"), _executor(pipeline, "finetune-2")
+    assert one["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert "accelerator" not in launcher["resources"] and launcher["resources"]["resourceCpuLimit"] == "1"
+    assert "nodeSelector" not in executors["exec-finetune-2"]  # the Trainer job's pods go to the GPU pool
+    assert executors["exec-finetune-2"]["activeDeadlineSeconds"] == "36000"
+    assert executors["exec-finetune"]["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    # the one-node / several-nodes branch feeds one model output into generate and the report
+    components = pipeline["components"]
+    assert set(components["comp-for-loop-2"]["dag"]["tasks"]) == {"finetune-any", "generate", "evaluate"}
+    branches = components["comp-condition-branches-1"]["dag"]["tasks"]
+    assert branches["condition-2"]["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--placement'] == 'one-node'"
+    assert list(components["comp-condition-2"]["dag"]["tasks"]) == ["finetune"]
+    assert list(components["comp-condition-3"]["dag"]["tasks"]) == ["finetune-2"]

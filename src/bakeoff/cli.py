@@ -39,11 +39,7 @@ def _cmd_run(args) -> int:
     spec = load_spec(args.spec)
     host = args.host or os.environ.get("KFP_HOST")
     if host:
-        from bakeoff_pipelines import submit
-
-        run_id = submit(spec, host)
-        print(f"submitted run {run_id} to {host}")
-        return 0
+        return _submit(spec, host, args)
     from bakeoff_pipelines import run_local
 
     out = Path(args.out or Path("runs") / spec.name)
@@ -54,6 +50,28 @@ def _cmd_run(args) -> int:
     print(f"report: {paths['html']}")
     print(f"markdown: {paths['markdown']}")
     print(f"results: {paths['results']}")
+    return 0
+
+
+def _submit(spec, host: str, args) -> int:
+    from bakeoff_pipelines.submit import fetch_report, make_client, submit, wait
+
+    namespace = args.namespace or os.environ.get("KFP_NAMESPACE")
+    client = make_client(host, namespace=namespace)
+    run = submit(spec, host, args.experiment, namespace=namespace, client=client,
+                 service_account=args.service_account or os.environ.get("KFP_SERVICE_ACCOUNT"),
+                 run_name=args.run_name, pipeline_root=args.pipeline_root)
+    print(f"submitted run {run.run_id} to {host} (experiment {run.experiment}, run {run.run_name})")
+    print(f"run: {run.url}")
+    if not (args.wait or args.fetch_report):
+        return 0
+    state = wait(client, run, timeout_s=args.timeout)
+    print(f"run {run.run_id}: {state}")
+    if args.fetch_report:
+        paths = fetch_report(run, args.fetch_report, pipeline_root=args.pipeline_root)
+        print(f"report: {paths['html']}")
+        print(f"markdown: {paths['markdown']}")
+        print(f"results: {paths['results']}")
     return 0
 
 
@@ -136,7 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run the pipeline locally (KFP local runner) or submit it with --host")
     s.add_argument("spec")
     s.add_argument("--out", help="output folder (default runs/<experiment name>)")
-    s.add_argument("--host", help="Kubeflow Pipelines endpoint to submit to (default $KFP_HOST)")
+    s.add_argument("--host", help="Kubeflow Pipelines endpoint to submit to (default $KFP_HOST); auth: $KFP_TOKEN "
+                   "(a bearer token) or, in a cluster, the mounted pipelines service account token")
+    s.add_argument("--experiment", help="KFP experiment (default bakeoff-<name>)")
+    s.add_argument("--run-name", help="KFP run name (default <name>-<timestamp>)")
+    s.add_argument("--namespace", help="Kubeflow profile namespace (multi-user installs; default $KFP_NAMESPACE)")
+    s.add_argument("--service-account", help="the run's pods' service account (default $KFP_SERVICE_ACCOUNT; the "
+                   "Helm chart's can create Trainer jobs)")
+    s.add_argument("--pipeline-root", help="artifact root of the run (default: the KFP installation's)")
+    s.add_argument("--wait", action="store_true", help="wait for the run to end; exit 1 unless it succeeded")
+    s.add_argument("--fetch-report", metavar="DIR", help="wait, then download report.html, report.md and "
+                   "results.json from the artifact store (S3_ENDPOINT and credentials) into DIR")
+    s.add_argument("--timeout", type=int, default=86400, help="seconds to wait (default a day)")
     s.set_defaults(func=_cmd_run)
 
     s = sub.add_parser("compile", help="write the KFP pipeline YAML for a spec")

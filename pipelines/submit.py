@@ -1,0 +1,142 @@
+"""Submitting a spec to Kubeflow Pipelines: compile, create the run, print its URL, wait, fetch the report.
+
+Auth, in order: a bearer token (``token`` or ``KFP_TOKEN``); inside a cluster, the projected service
+account token Kubeflow mounts for pipeline clients (``KF_PIPELINES_SA_TOKEN_PATH``, default
+``/var/run/secrets/kubeflow/pipelines/token``); otherwise none (a port-forwarded or open endpoint).
+
+The report comes back from the pipeline root (KFP's artifact store, ``minio://mlpipeline/v2/artifacts``
+unless the run sets another): the report task's ``html``, ``markdown`` and ``results`` artifacts, read
+with the project's S3 client (``S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``).
+"""
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bakeoff.errors import BakeoffError, StorageError
+from bakeoff.spec import ExperimentSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"
+SA_TOKEN_PATH = "/var/run/secrets/kubeflow/pipelines/token"
+REPORT_FILES = {"html": "report.html", "markdown": "report.md", "results": "results.json"}
+
+
+@dataclass
+class SubmittedRun:
+    run_id: str
+    url: str
+    experiment: str
+    run_name: str
+    namespace: str | None
+    pipeline_name: str
+
+
+def make_client(host: str, token: str | None = None, namespace: str | None = None):
+    """A ``kfp.Client`` for ``host`` with a bearer token, the in-cluster service account token, or none."""
+    import kfp
+
+    token = token or os.environ.get("KFP_TOKEN")
+    kwargs = {"host": host}
+    if namespace:
+        kwargs["namespace"] = namespace
+    if token:
+        kwargs["existing_token"] = token
+    else:
+        sa_path = os.environ.get("KF_PIPELINES_SA_TOKEN_PATH", SA_TOKEN_PATH)
+        if Path(sa_path).is_file():
+            from kfp.client import ServiceAccountTokenVolumeCredentials
+
+            kwargs["credentials"] = ServiceAccountTokenVolumeCredentials(path=sa_path)
+            log.info("authenticating with the service account token at %s", sa_path)
+    try:
+        return kfp.Client(**kwargs)
+    except Exception as exc:  # connection, auth and TLS errors surface here or on the first call
+        raise BakeoffError(f"cannot reach Kubeflow Pipelines at {host}: {exc} (check the URL, and KFP_TOKEN "
+                           "or the in-cluster service account for multi-user installs)") from exc
+
+
+def run_url(host: str, run_id: str) -> str:
+    return f"{host.rstrip('/')}/#/runs/details/{run_id}"
+
+
+def submit(spec: ExperimentSpec, host: str, experiment: str | None = None, *, namespace: str | None = None,
+           token: str | None = None, service_account: str | None = None, run_name: str | None = None,
+           pipeline_root: str | None = None, client=None) -> SubmittedRun:
+    """Compile ``spec`` and create a run on ``host``; returns its id and URL."""
+    from bakeoff_pipelines.bakeoff_pipeline import compile_pipeline
+
+    client = client or make_client(host, token, namespace)
+    experiment = experiment or f"bakeoff-{spec.name}"
+    run_name = run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    kwargs = {"arguments": {}, "run_name": run_name, "experiment_name": experiment}
+    for key, value in (("namespace", namespace), ("service_account", service_account),
+                       ("pipeline_root", pipeline_root)):
+        if value:
+            kwargs[key] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(spec, Path(tmp) / "pipeline.yaml")
+        try:
+            run = client.create_run_from_pipeline_package(str(package), **kwargs)
+        except Exception as exc:
+            raise BakeoffError(f"Kubeflow Pipelines at {host} refused the run: {exc}") from exc
+    return SubmittedRun(run.run_id, run_url(host, run.run_id), experiment, run_name, namespace,
+                        f"bakeoff-{spec.name}")
+
+
+def wait(client, submitted: SubmittedRun, timeout_s: int, poll_s: int = 15) -> str:
+    """Wait for the run to end; its final state (an error unless SUCCEEDED)."""
+    try:
+        run = client.wait_for_run_completion(submitted.run_id, timeout=timeout_s, sleep_duration=poll_s)
+    except TimeoutError as exc:
+        raise BakeoffError(f"run {submitted.run_id} did not finish within {timeout_s} s; it goes on: "
+                           f"{submitted.url}") from exc
+    state = str(getattr(run, "state", "UNKNOWN")).upper()
+    if state != "SUCCEEDED":
+        error = getattr(run, "error", None)
+        message = getattr(error, "message", None) or error or ""
+        raise BakeoffError(f"run {submitted.run_id} ended {state}{': ' + str(message) if message else ''}; "
+                           f"see {submitted.url}")
+    return state
+
+
+def fetch_report(submitted: SubmittedRun, out_dir: str | Path, pipeline_root: str | None = None) -> dict[str, Path]:
+    """Download the report task's artifacts of the run into ``out_dir`` (report.html, report.md, results.json)."""
+    from bakeoff.storage import parse_s3_uri, s3_client
+
+    root = (pipeline_root or DEFAULT_PIPELINE_ROOT).rstrip("/")
+    s3_root = "s3://" + root.split("://", 1)[1] if "://" in root else root
+    bucket, key = parse_s3_uri(s3_root)
+    prefix = "/".join(filter(None, [key, submitted.pipeline_name, submitted.run_id])) + "/"
+    client = s3_client()
+    try:
+        objects = [o.object_name for o in client.list_objects(bucket, prefix=prefix, recursive=True)]
+    except Exception as exc:
+        raise StorageError(f"s3://{bucket}/{prefix}: cannot list the run's artifacts ({exc}); set S3_ENDPOINT and "
+                           "credentials to KFP's artifact store (e.g. kubectl port-forward svc/minio-service 9000)") \
+            from exc
+    found = {}
+    for name in objects:
+        parts = name[len(prefix):].split("/")
+        # <task>/<execution id>/<output name>  (the report task's outputs)
+        if len(parts) >= 2 and parts[0] == "report" and parts[-1] in REPORT_FILES:
+            found[parts[-1]] = name
+    missing = sorted(set(REPORT_FILES) - set(found))
+    if missing:
+        raise StorageError(f"s3://{bucket}/{prefix}report/: no {', '.join(missing)} artifact(s); did the report "
+                           "task run? (pass --pipeline-root if the run used another root)")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for output, name in found.items():
+        target = out / REPORT_FILES[output]
+        client.fget_object(bucket, name, str(target))
+        paths[output] = target
+    return paths
+
+
+__all__ = ["SubmittedRun", "fetch_report", "make_client", "run_url", "submit", "wait"]

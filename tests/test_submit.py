@@ -1,0 +1,101 @@
+"""`bakeoff run SPEC --host URL`: compile, submit with auth and namespace, print the run URL, wait, fetch the report."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import kfp
+import pytest
+import yaml
+
+from bakeoff.cli import main
+
+pytest_plugins = ["s3_fixture"]
+
+
+class FakeKfp:
+    """Stands in for kfp.Client: records how it was built and what it was asked."""
+
+    instances: list = []
+    final_state = "SUCCEEDED"
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.created = None
+        FakeKfp.instances.append(self)
+
+    def create_run_from_pipeline_package(self, package, **kwargs):
+        self.created = {"pipeline": yaml.safe_load(open(package).read().split("\n---")[0])["pipelineInfo"]["name"],
+                        **kwargs}
+        return SimpleNamespace(run_id="run-123")
+
+    def wait_for_run_completion(self, run_id, timeout, sleep_duration=5):
+        error = SimpleNamespace(message="task finetune failed: OOMKilled") if self.final_state != "SUCCEEDED" else None
+        return SimpleNamespace(run_id=run_id, state=self.final_state, error=error)
+
+
+@pytest.fixture
+def fake_kfp(monkeypatch):
+    FakeKfp.instances = []
+    FakeKfp.final_state = "SUCCEEDED"
+    monkeypatch.setattr(kfp, "Client", FakeKfp)
+    for var in ("KFP_TOKEN", "KFP_NAMESPACE", "KFP_SERVICE_ACCOUNT", "KFP_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", "/nonexistent/token")
+    return FakeKfp
+
+
+def test_submit_with_a_bearer_token_namespace_and_service_account(fake_kfp, monkeypatch, capsys):
+    monkeypatch.setenv("KFP_TOKEN", "tok-123")
+    assert main(["run", "experiments/smoke.yaml", "--host", "https://kfp.example.com/pipeline", "--namespace",
+                 "team-a", "--service-account", "bakeoff", "--experiment", "llm-choice", "--run-name", "r1"]) == 0
+    (client,) = fake_kfp.instances
+    assert client.kwargs == {"host": "https://kfp.example.com/pipeline", "namespace": "team-a",
+                             "existing_token": "tok-123"}
+    assert client.created == {"pipeline": "bakeoff-smoke", "arguments": {}, "run_name": "r1",
+                              "experiment_name": "llm-choice", "namespace": "team-a", "service_account": "bakeoff"}
+    out = capsys.readouterr().out
+    assert "submitted run run-123" in out
+    assert "run: https://kfp.example.com/pipeline/#/runs/details/run-123" in out
+    assert "tok-123" not in out
+
+
+def test_in_cluster_the_pipelines_service_account_token_is_used(fake_kfp, monkeypatch, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("projected")
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(token))
+    monkeypatch.setenv("KFP_HOST", "http://ml-pipeline.kubeflow:8888")
+    assert main(["run", "experiments/smoke.yaml"]) == 0
+    (client,) = fake_kfp.instances
+    assert type(client.kwargs["credentials"]).__name__ == "ServiceAccountTokenVolumeCredentials"
+    assert client.created["experiment_name"] == "bakeoff-smoke"
+
+
+def test_wait_and_fetch_the_report_from_the_artifact_store(fake_kfp, s3, tmp_path, capsys):
+    root = "v2/artifacts/bakeoff-smoke/run-123/report/8812"
+    for name, body in (("html", b"<html>report</html>"), ("markdown", b"# report"), ("results", b"{}")):
+        s3.put_bytes(f"{root}/{name}", body)
+    s3.put_bytes("v2/artifacts/bakeoff-smoke/run-123/prepare-data/77/data/train.jsonl", b"{}\n")
+    out_dir = tmp_path / "report"
+    assert main(["run", "experiments/smoke.yaml", "--host", "http://localhost:8080", "--fetch-report", str(out_dir),
+                 "--pipeline-root", f"minio://{s3.bucket}/v2/artifacts"]) == 0
+    assert (out_dir / "report.html").read_bytes() == b"<html>report</html>"
+    assert (out_dir / "report.md").read_text() == "# report"
+    assert (out_dir / "results.json").read_text() == "{}"
+    assert fake_kfp.instances[0].created["pipeline_root"] == f"minio://{s3.bucket}/v2/artifacts"
+    assert "run run-123: SUCCEEDED" in capsys.readouterr().out
+
+
+def test_a_failed_run_exits_1_with_its_message_and_url(fake_kfp, capsys):
+    fake_kfp.final_state = "FAILED"
+    assert main(["run", "experiments/smoke.yaml", "--host", "http://localhost:8080", "--wait"]) == 1
+    err = capsys.readouterr().err
+    assert "ended FAILED: task finetune failed: OOMKilled" in err
+    assert "http://localhost:8080/#/runs/details/run-123" in err
+
+
+def test_a_report_missing_from_the_store_says_where_it_looked(fake_kfp, s3, tmp_path, capsys):
+    assert main(["run", "experiments/smoke.yaml", "--host", "http://localhost:8080", "--fetch-report",
+                 str(tmp_path), "--pipeline-root", f"minio://{s3.bucket}/v2/artifacts"]) == 1
+    err = capsys.readouterr().err
+    assert f"s3://{s3.bucket}/v2/artifacts/bakeoff-smoke/run-123/report/" in err and "html" in err
