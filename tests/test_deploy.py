@@ -387,6 +387,9 @@ def test_should_start_one_run_per_spec_named_by_its_content():
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["python", "-m", "bakeoff.cli"]
     assert container["args"] == ["run", "/specs/smoke.yaml", "--host", "$(KFP_HOST)"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # the run's pods get the chart's service account (its Role may create Trainer jobs)
+    assert env["KFP_SERVICE_ACCOUNT"] == job["spec"]["template"]["spec"]["serviceAccountName"]
     assert "ttlSecondsAfterFinished" not in job["spec"]  # Argo CD would recreate it and run it again
     runs_cm = next(o for o in objects if o["metadata"]["name"] == "bakeoff-runs")
     assert yaml.safe_load(runs_cm["data"]["smoke.yaml"]) == values["runs"][0]["spec"]

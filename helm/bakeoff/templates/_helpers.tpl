@@ -147,6 +147,13 @@ imagePullSecrets:
 {{- define "bakeoff.kfpEnv" -}}
 - name: KFP_HOST
   value: {{ .Values.kfp.host | quote }}
+{{- /* runs submitted from here run their pods under the chart's account (it may create Trainer jobs) */}}
+- name: KFP_SERVICE_ACCOUNT
+  value: {{ include "bakeoff.serviceAccountName" . | quote }}
+{{- if eq .Values.kfp.auth "serviceAccountToken" }}
+- name: KFP_NAMESPACE
+  value: {{ .Release.Namespace | quote }}
+{{- end }}
 - name: HOME
   value: /home/bakeoff
 {{- end -}}
