@@ -19,7 +19,8 @@ def prepare_data(spec_json: str, data: Output[Dataset]):
 
     spec = spec_from_json(spec_json)
     preflight(spec.evaluation)  # a judge that cannot be reached fails now, before any GPU-hour is spent
-    prepare_for_arms(spec.data, [arm.model for arm in spec.arms], spec.seed, data.path)
+    # hosted arms have no tokenizer here: max_instruction_tokens counts with the local arms' (else words)
+    prepare_for_arms(spec.data, [arm.model for arm in spec.arms if not arm.is_hosted], spec.seed, data.path)
 
 
 @dsl.component(base_image=image_for("finetune"), install_kfp_package=False)

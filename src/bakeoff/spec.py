@@ -262,19 +262,115 @@ def _slug(value: str) -> str:
     return value
 
 
+class SecretRef(_Strict):
+    """One key of a Kubernetes Secret (only its name and key are in the spec, never a value)."""
+
+    name: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+
+
+def _positive_or_auto(v: Any, integer: bool) -> int | float | str:
+    """``auto``, or a number > 0 (an integer where ``integer``); one plain error otherwise."""
+    if v == "auto":
+        return v
+    kind = "integer" if integer else "number"
+    if isinstance(v, bool) or not isinstance(v, int if integer else (int, float)) or not v > 0:
+        raise ValueError(f"must be a positive {kind} or 'auto'; got {v!r}")
+    return v
+
+
+class HostedFineTune(_Strict):
+    """A hosted fine-tuning job on the OpenAI fine-tuning API (or a server that speaks it): the arm's
+    ``model`` is the provider's base model id (``gpt-4o-mini-2024-07-18``, ``gpt-3.5-turbo-0125``).
+
+    The finetune stage uploads the train and validation splits as chat JSONL, estimates the trained
+    tokens and their cost, refuses to start above ``max_cost_usd``, creates the job (its id is kept
+    so a rerun attaches to it instead of paying twice) and follows it to the end; the generate stage
+    asks the fine-tuned model (fine-tuned variant) and ``model`` (base variants) through chat completions.
+    """
+
+    usd_per_1m_training_tokens: float = Field(
+        ge=0, description="the provider's training price (gpt-4o-mini: 3.00, gpt-3.5-turbo: 8.00 at the time "
+        "of writing); cost = trained tokens (epochs included) x price"
+    )
+    max_cost_usd: float = Field(
+        default=20.0, ge=0, description="refuse to create a job whose estimated cost is above this; raise it "
+        "to allow more"
+    )
+    epochs: int | Literal["auto"] = Field(default="auto", description="n_epochs, or auto (the provider picks)")
+    batch_size: int | Literal["auto"] = "auto"
+    learning_rate_multiplier: float | Literal["auto"] = "auto"
+    suffix: str | None = Field(default=None, max_length=64, description="in the fine-tuned model's name")
+    system_prompt: str | None = Field(
+        default=None, description="a system message before each example's user message (training and generation)"
+    )
+    base_url: str = Field(default="https://api.openai.com/v1", min_length=1)
+    api_key_env: str = Field(default="OPENAI_API_KEY", min_length=1)
+    api_key_secret: SecretRef | None = Field(
+        default=None, description="a Kubernetes Secret key -> api_key_env in the finetune and generate pods"
+    )
+    poll_s: float = Field(default=30, gt=0, description="seconds between status checks at first")
+    poll_max_s: float = Field(default=300, gt=0, description="the wait grows to this while nothing changes")
+    concurrency: int = Field(default=8, gt=0, description="chat completion requests at a time when generating")
+    timeout_s: float = Field(default=120, gt=0, description="per API request")
+    max_retries: int = Field(default=3, ge=0, description="per API request (429, 5xx, timeouts), with backoff")
+
+    @field_validator("epochs", "batch_size", mode="wrap")
+    @classmethod
+    def _int_or_auto(cls, v: Any, handler: Any) -> int | str:
+        return _positive_or_auto(v, integer=True)  # the handler's union errors would name its branches
+
+    @field_validator("learning_rate_multiplier", mode="wrap")
+    @classmethod
+    def _float_or_auto(cls, v: Any, handler: Any) -> float | str:
+        return _positive_or_auto(v, integer=False)
+
+
 class ArmSpec(_Strict):
-    """One contestant: a base model, optionally with its own PEFT settings over the shared ones."""
+    """One contestant: a base model, optionally with its own PEFT settings over the shared ones; or, with
+    ``kind: openai``, a hosted fine-tuning job (``hosted``) on the same data."""
 
     name: str
-    model: str = Field(min_length=1, description="hf://org/name[@rev], tiny://FAMILY, s3://bucket/key or a path")
+    kind: Literal["local", "openai"] = Field(
+        default="local", description="local: trained by bakeoff (peft/TRL); openai: a hosted fine-tuning job"
+    )
+    model: str = Field(min_length=1, description="hf://org/name[@rev], tiny://FAMILY, s3://bucket/key or a path; "
+                       "kind openai: the provider's base model id")
     peft: PeftOverride = Field(default_factory=PeftOverride, description="keys of `peft` to override for this arm")
     trust_remote_code: bool = False
     nodes: int = Field(
         default=1, ge=1, description="training nodes, each with resources.finetune.gpu; more than 1 runs a "
         "Kubeflow Trainer job (resources.trainer) from the finetune component"
     )
+    hosted: HostedFineTune | None = Field(default=None, description="the hosted job's settings (kind openai)")
 
     _check_name = field_validator("name")(classmethod(lambda cls, v: _slug(v)))
+
+    @property
+    def is_hosted(self) -> bool:
+        """Whether a provider trains this arm (no local weights, no PEFT settings)."""
+        return self.kind != "local"
+
+
+def _hosted_arm_errors(arm: ArmSpec) -> list[str]:
+    """What is wrong with an arm's kind-specific settings, each as ``key: message`` under the arm."""
+    if not arm.is_hosted:
+        return ["hosted: only for kind openai (this arm is trained locally)"] if arm.hosted is not None else []
+    errors = []
+    if arm.hosted is None:
+        errors.append("hosted: required for kind openai (at least usd_per_1m_training_tokens, the price)")
+    overridden = sorted(k for k, v in arm.peft.model_dump().items() if v is not None)
+    if overridden:
+        errors.append(f"peft: a hosted arm has no PEFT settings (the provider trains it); remove "
+                      f"{', '.join(overridden)}")
+    if arm.nodes != 1:
+        errors.append("nodes: a hosted arm trains on the provider's machines; remove nodes")
+    if arm.trust_remote_code:
+        errors.append("trust_remote_code: a hosted arm loads no model code; remove it")
+    if "://" in arm.model:
+        errors.append(f"model: a hosted arm's model is the provider's model id (e.g. gpt-4o-mini-2024-07-18), "
+                      f"not a URI; got {arm.model!r}")
+    return errors
 
 
 class GenerationEndpoint(_Strict):
@@ -462,13 +558,6 @@ class ResourcesSpec(_Strict):
     trainer: TrainerJobSpec = TrainerJobSpec()
 
 
-class SecretRef(_Strict):
-    """One key of a Kubernetes Secret (only its name and key are in the spec, never a value)."""
-
-    name: str = Field(min_length=1)
-    key: str = Field(min_length=1)
-
-
 class S3SecretRef(_Strict):
     """The Secret that holds the S3 (MinIO) credentials, and optionally the endpoint."""
 
@@ -523,11 +612,22 @@ class ExperimentSpec(_Strict):
             if arm.name in seen:
                 errors.append(f"arms[{i}].name: duplicate arm name {arm.name!r}")
             seen.add(arm.name)
-            if arm.nodes > 1 and not (self.training.checkpoint_uri or "").startswith("s3://"):
+            errors += [f"arms[{i}].{e}" for e in _hosted_arm_errors(arm)]
+            if arm.nodes > 1 and not arm.is_hosted and not (self.training.checkpoint_uri or "").startswith("s3://"):
                 errors.append(f"arms[{i}].nodes: {arm.nodes} nodes need training.checkpoint_uri on s3:// (the "
                               "training pods read the data and write the adapter there)")
         if len(set(self.variants)) != len(self.variants):
             errors.append("variants: must be unique")
+        if not errors:
+            for stage in ("finetune", "generate"):
+                sources: dict[str, set[tuple[str, str]]] = {}
+                for name, key, env in self.secret_env(stage):
+                    sources.setdefault(env, set()).add((name, key))
+                for env, refs in sources.items():
+                    if len(refs) > 1:
+                        errors.append(f"secrets: {env} would come from {len(refs)} Secret keys in the {stage} stage "
+                                      f"({', '.join(f'{n}/{k}' for n, k in sorted(refs))}); use the same Secret key "
+                                      "or another api_key_env")
         if errors:
             raise SpecError(errors)
         return self
@@ -555,7 +655,8 @@ class ExperimentSpec(_Strict):
         """(Secret name, key, environment variable) for each Secret key ``stage`` needs; names only, no values.
 
         HF token: prepare, finetune, generate. Judge key: prepare and generate (the preflight), evaluate.
-        S3 credentials (and endpoint, if the Secret holds it): every stage.
+        S3 credentials (and endpoint, if the Secret holds it): every stage. A hosted arm's
+        ``hosted.api_key_secret``: finetune and generate (as its ``hosted.api_key_env``).
         """
         needs_hf = stage in ("prepare", "finetune", "generate")
         needs_judge = stage in ("prepare", "generate", "evaluate")
@@ -571,6 +672,11 @@ class ExperimentSpec(_Strict):
             out.append((s3.name, s3.secret_key_key, "AWS_SECRET_ACCESS_KEY"))
             if s3.endpoint_key:
                 out.append((s3.name, s3.endpoint_key, "S3_ENDPOINT"))
+        if stage in ("finetune", "generate"):
+            for arm in self.arms:
+                ref = arm.hosted.api_key_secret if arm.hosted else None
+                if ref and (ref.name, ref.key, arm.hosted.api_key_env) not in out:
+                    out.append((ref.name, ref.key, arm.hosted.api_key_env))
         return out
 
     def to_json(self) -> str:
@@ -592,6 +698,12 @@ class ExperimentSpec(_Strict):
         )
         lines.append(f"arms ({len(self.arms)}):")
         for arm in self.arms:
+            if arm.is_hosted:
+                h = arm.hosted
+                lines.append(f"  - {arm.name}: {arm.model} | hosted fine-tuning ({arm.kind} at {h.base_url}), epochs "
+                             f"{h.epochs}, ${h.usd_per_1m_training_tokens:g}/1M trained tokens, at most "
+                             f"${h.max_cost_usd:g}")
+                continue
             p = self.arm_peft(arm)
             lines.append(f"  - {arm.name}: {arm.model} | {p.method} r={p.r} alpha={p.alpha:g} dropout={p.dropout:g}")
         lines.append(f"variants: {', '.join(self.variants)}")

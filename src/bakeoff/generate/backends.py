@@ -40,9 +40,12 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def endpoint_answers(endpoint: GenerationEndpoint, model: str, prompts: Sequence[str],
+def endpoint_answers(endpoint: GenerationEndpoint, model: str, prompts: Sequence[str | list[dict]],
                      max_new_tokens: int) -> list[dict]:
     """Greedy answers from an OpenAI-compatible server, ``endpoint.concurrency`` requests at a time.
+
+    A prompt is a text (with ``api: chat``, sent as the user's message) or, for ``api: chat``, a list of
+    chat messages sent as they are (a hosted arm's system message and few-shot turns).
 
     The client retries 429, 5xx and timeouts ``max_retries`` times with backoff; a request that still
     fails ends the stage with the server's message (generation is not scored, so nothing is half-done).
@@ -54,13 +57,16 @@ def endpoint_answers(endpoint: GenerationEndpoint, model: str, prompts: Sequence
 
     def one(prompt: str) -> dict:
         try:
+            if endpoint.api == "completions" and isinstance(prompt, list):
+                raise EvaluationError("chat messages need generation endpoint api: chat")
             if endpoint.api == "completions":
                 resp = client.completions.create(model=model, prompt=prompt, max_tokens=max_new_tokens, temperature=0)
                 choice = resp.choices[0]
                 text = choice.text or ""
             else:
-                resp = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
-                                                      max_tokens=max_new_tokens, temperature=0)
+                messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+                resp = client.chat.completions.create(model=model, messages=messages, max_tokens=max_new_tokens,
+                                                      temperature=0)
                 choice = resp.choices[0]
                 text = choice.message.content or ""
         except openai.APIError as exc:

@@ -2,7 +2,9 @@
 
 Variants: ``fine-tuned`` (base + adapter), ``base-zero-shot`` (the same model with the adapter
 disabled) and ``base-few-shot`` (adapter disabled, ``few_shot_k`` train examples before the
-question, drawn with the run's seed). The decoding settings are the same for all.
+question, drawn with the run's seed). The decoding settings are the same for all. A hosted arm
+(``kind: openai``) asks its provider through chat completions: the fine-tuned model for ``fine-tuned``,
+the arm's base model for the base variants.
 Output: ``generations.jsonl`` (one row per test example and variant) and ``generation.json``.
 """
 
@@ -107,6 +109,8 @@ def generate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     test = read_split(data_dir, "test")
+    if arm.is_hosted:
+        return _generate_hosted(arm, generation, variants, test, data_dir, finetuned_dir, out, template, seed)
     adapter, full, quantized = _finetuned_artifact(finetuned_dir) if "fine-tuned" in variants else (None, None, False)
     backend = resolve_backend(generation.backend)
     if backend != "openai" and "fine-tuned" in variants and adapter is None and full is None:
@@ -142,16 +146,60 @@ def generate(
         started = time.perf_counter()
         answers = answer(variant, prompts)
         timing[variant] = round(time.perf_counter() - started, 3)
-        for ex, ans in zip(test, answers, strict=True):
-            rows.append({"id": ex["id"], "variant": variant, "instruction": ex["instruction"], "input": ex["input"],
-                         "reference": ex["reference"], **{k: ex[k] for k in ("task", "meta") if k in ex}, **ans})
+        rows += [_answer_rows(ex, variant, ans) for ex, ans in zip(test, answers, strict=True)]
         log.info("arm %s, %s: %d answers in %.1f s", arm.name, variant, len(answers), timing[variant])
+    return _write(out, arm, generation, variants, test, rows, timing, shots, device=device, backend=backend)
+
+
+def _write(out: Path, arm: ArmSpec, generation: GenerationSpec, variants: Sequence[str], test: list[dict],
+           rows: list[dict], timing: dict, shots: list[dict], **extra) -> dict:
+    """Write ``generations.jsonl`` and ``generation.json``; return the summary."""
     write_jsonl(out / "generations.jsonl", rows)
-    summary = {"arm": arm.name, "model": arm.model, "variants": list(variants), "samples": len(test),
-               "device": device, "backend": backend, "seconds": timing, "few_shot_ids": [s["id"] for s in shots],
+    summary = {"arm": arm.name, "model": arm.model, "variants": list(variants), "samples": len(test), **extra,
+               "seconds": timing, "few_shot_ids": [s["id"] for s in shots],
                "decoding": {"greedy": True, **generation.model_dump(mode="json", exclude={"endpoint"})}}
     (out / "generation.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _answer_rows(ex: dict, variant: str, ans: dict) -> dict:
+    return {"id": ex["id"], "variant": variant, "instruction": ex["instruction"], "input": ex["input"],
+            "reference": ex["reference"], **{k: ex[k] for k in ("task", "meta") if k in ex}, **ans}
+
+
+def _generate_hosted(arm: ArmSpec, generation: GenerationSpec, variants: Sequence[str], test: list[dict],
+                     data_dir: str | Path, finetuned_dir: str | Path | None, out: Path, template: Any,
+                     seed: int) -> dict:
+    """A hosted arm: chat completions from the provider, the fine-tuned model (its id from the finetune
+    stage's ``training.json``) for the fine-tuned variant and the arm's base model for the others, with
+    the same messages it was trained on (few-shot examples as earlier user/assistant turns)."""
+    from bakeoff.spec import GenerationEndpoint
+    from bakeoff.train.hosted import fine_tuned_model, prompt_messages
+
+    hosted = arm.hosted
+    tuned = fine_tuned_model(finetuned_dir) if finetuned_dir is not None and "fine-tuned" in variants else None
+    if "fine-tuned" in variants and tuned is None:
+        raise ModelError(f"arm {arm.name}: no fine-tuned model id in {finetuned_dir}/training.json (hosted.fine_tuned"
+                         "_model); was the finetune stage run for this hosted arm?")
+    endpoint = GenerationEndpoint(base_url=hosted.base_url, api_key_env=hosted.api_key_env, api="chat",
+                                  base_model=arm.model, finetuned_model=tuned, concurrency=hosted.concurrency,
+                                  timeout_s=hosted.timeout_s, max_retries=hosted.max_retries)
+    shots: list[dict] = []
+    if "base-few-shot" in variants:
+        train = read_split(data_dir, "train")
+        shots = random.Random(seed).sample(train, min(generation.few_shot_k, len(train)))
+    rows, timing = [], {}
+    for variant in variants:
+        conversations = [prompt_messages(ex, template, hosted.system_prompt,
+                                         shots if variant == "base-few-shot" else ()) for ex in test]
+        model = tuned if variant == "fine-tuned" else arm.model
+        started = time.perf_counter()
+        answers = endpoint_answers(endpoint, model, conversations, generation.max_new_tokens)
+        timing[variant] = round(time.perf_counter() - started, 3)
+        rows += [_answer_rows(ex, variant, ans) for ex, ans in zip(test, answers, strict=True)]
+        log.info("arm %s, %s (%s): %d answers in %.1f s", arm.name, variant, model, len(answers), timing[variant])
+    return _write(out, arm, generation, variants, test, rows, timing, shots, device="hosted", backend="openai",
+                  finetuned_model=tuned, base_url=hosted.base_url)
 
 
 def _transformers_answerer(arm, generation, adapter, full, quantized, device, tokenizer):

@@ -59,6 +59,17 @@ def _arms(results: dict) -> list[str]:
     return [n for n in dict.fromkeys(names) if n is not None]
 
 
+def _hosted(results: dict, arm: str) -> dict | None:
+    """The hosted job's record of an arm a provider fine-tuned (``training[arm].hosted``), else None."""
+    return (((results.get("training") or {}).get(arm) or {}).get("hosted")) or None
+
+
+def _label(results: dict, arm: str) -> str:
+    """The arm's name as shown, marked when a provider fine-tuned it."""
+    hosted = _hosted(results, arm)
+    return f"{arm} (hosted: {hosted.get('provider') or 'api'})" if hosted else arm
+
+
 def _variant_key(variant: str) -> tuple[int, str]:
     return (VARIANT_ORDER.index(variant) if variant in VARIANT_ORDER else len(VARIANT_ORDER), variant)
 
@@ -158,8 +169,16 @@ def _training(results: dict, arms: list[str]) -> list[dict[str, str]]:
         if trainable is not None and total:
             params += f" ({100 * trainable / total:.2f}%)"
         gpu = f"{t.get('gpu_type') or 'none'} x {t.get('gpu_count') or 0}"
+        hosted = t.get("hosted") or None
+        if hosted:
+            gpu = "the provider's (not reported)"
+            trained_by = (f"{hosted.get('provider') or 'api'} fine-tuning job {hosted.get('job_id')}, model "
+                          f"{hosted.get('fine_tuned_model')}")
+        else:
+            trained_by = "bakeoff (open weights)"
         out.append({
-            "arm": arm, "model": t.get("model") or "", "method": t.get("method") or "",
+            "arm": _label(results, arm), "trained_by": trained_by, "model": t.get("model") or "",
+            "method": t.get("method") or "",
             "device": t.get("device") or "n/a", "gpu": gpu, "steps": _fmt(t.get("steps")),
             "epochs": _fmt(t.get("epochs"), ".2f"), "wall": _duration(t.get("seconds")),
             "tokens": _fmt(t.get("train_tokens")), "tps": _fmt(t.get("tokens_per_second"), ",.0f"),
@@ -177,7 +196,8 @@ def _training(results: dict, arms: list[str]) -> list[dict[str, str]]:
 
 
 TRAINING_FIELDS = [
-    ("model", "Model"), ("method", "Method"), ("device", "Device"), ("gpu", "GPU type x count"),
+    ("trained_by", "Trained by"), ("model", "Model"), ("method", "Method"), ("device", "Device"),
+    ("gpu", "GPU type x count"),
     ("steps", "Steps"), ("epochs", "Epochs"), ("wall", "Wall time"), ("tokens", "Train tokens"),
     ("tps", "Tokens/s"), ("gpu_hours", "GPU hours"), ("cost", "Cost (USD)"), ("params", "Trainable / total params"),
     ("train_loss", "Final train loss"), ("val_loss", "Final validation loss"),
@@ -302,7 +322,8 @@ def _context(results: dict) -> dict[str, Any]:
         "metrics": metrics,
         "metric_notes": [(m, status[m]) for m in metrics if status.get(m, "ok") != "ok"],
         "summary": _summary(results, metrics, status),
-        "rows": [{"arm": r.get("arm", ""), "variant": r.get("variant", ""), "model": r.get("model") or "",
+        "rows": [{"arm": _label(results, r.get("arm", "")), "variant": r.get("variant", ""),
+                  "model": r.get("model") or "",
                   "cells": [_cell((r.get("metrics") or {}).get(m), status.get(m, "ok")) for m in metrics]}
                  for r in rows],
         "deltas": _deltas(results, arms, metrics),

@@ -11,7 +11,7 @@ from typing import Any
 from bakeoff import __version__
 from bakeoff.evaluate.evaluate import metric_names, read_evaluation
 from bakeoff.evaluate.stats import paired_difference
-from bakeoff.spec import ExperimentSpec
+from bakeoff.spec import ArmSpec, ExperimentSpec
 from bakeoff.train.finetune import read_training
 
 SCHEMA_VERSION = 1
@@ -49,7 +49,7 @@ def build_results(
             if variant not in summary["metrics"]:
                 continue
             rows.append({
-                "arm": arm.name, "variant": variant, "model": arm.model, "method": spec.arm_peft(arm).method,
+                "arm": arm.name, "variant": variant, "model": arm.model, "method": arm_method(spec, arm),
                 "metrics": summary["metrics"][variant],
             })
         health[arm.name] = summary["health"]
@@ -122,16 +122,28 @@ def arm_costs(spec: ExperimentSpec, training: dict, health: dict, rows: list[dic
     return out
 
 
+def arm_method(spec: ExperimentSpec, arm: ArmSpec) -> str:
+    """How the arm was fine-tuned: its PEFT method, or ``hosted`` for a provider's fine-tuning job."""
+    return "hosted" if arm.is_hosted else spec.arm_peft(arm).method
+
+
+HOSTED_SETTINGS = ("epochs", "batch_size", "learning_rate_multiplier", "suffix", "system_prompt", "base_url")
+
+
 def arm_differences(spec: ExperimentSpec) -> list[dict[str, Any]]:
-    """What differs between arms: each setting whose value is not the same for every arm."""
+    """What differs between arms: each setting whose value is not the same for every arm (a setting an
+    arm does not have, such as a hosted arm's PEFT rank, is null for it)."""
     settings = {}
     for arm in spec.arms:
-        flat = {"model": arm.model, "trust_remote_code": arm.trust_remote_code}
-        flat.update({f"peft.{k}": v for k, v in spec.arm_peft(arm).model_dump(mode="json").items()})
+        flat = {"kind": arm.kind, "model": arm.model, "trust_remote_code": arm.trust_remote_code}
+        if arm.is_hosted:
+            flat.update({f"hosted.{k}": getattr(arm.hosted, k) for k in HOSTED_SETTINGS})
+        else:
+            flat.update({f"peft.{k}": v for k, v in spec.arm_peft(arm).model_dump(mode="json").items()})
         settings[arm.name] = flat
-    keys = list(next(iter(settings.values())))
-    return [{"setting": k, "values": {a: settings[a][k] for a in settings}} for k in keys
-            if len({json.dumps(settings[a][k], sort_keys=True) for a in settings}) > 1]
+    keys = list(dict.fromkeys(k for flat in settings.values() for k in flat))
+    return [{"setting": k, "values": {a: settings[a].get(k) for a in settings}} for k in keys
+            if len({json.dumps(settings[a].get(k), sort_keys=True) for a in settings}) > 1]
 
 
 def collect_results(

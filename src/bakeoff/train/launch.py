@@ -38,6 +38,11 @@ def finetune_arm(spec: ExperimentSpec, arm: str, data_dir: str | Path, out_dir: 
                  processes: int | None = None) -> TrainResult:
     """Fine-tune one arm of ``spec``: in this process, or under torchrun with ``processes`` ranks."""
     arm_spec = spec.arm(arm)
+    if arm_spec.is_hosted:
+        # a provider trains it: upload the splits, create (or attach to) the job, follow it to the end
+        from bakeoff.train.hosted import finetune_hosted
+
+        return finetune_hosted(spec, arm_spec, data_dir, out_dir)
     if arm_spec.nodes > 1 and "LOCAL_RANK" not in os.environ:
         # several nodes: a Kubeflow Trainer job runs this same code (under torchrun) on each of them
         from bakeoff.train.trainer_job import run_multinode
