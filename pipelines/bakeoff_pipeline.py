@@ -81,23 +81,38 @@ def stage(task: dsl.PipelineTask, name: str, spec: ExperimentSpec) -> dsl.Pipeli
 LAUNCHER = StageResources(cpu="1", memory="2Gi", shm_size=None)
 
 
-def launcher(task: dsl.PipelineTask, spec: ExperimentSpec) -> dsl.PipelineTask:
-    """The finetune task of an arm on several nodes: no GPU of its own (the Trainer job's pods have them),
-    the finetune stage's time limit and retries (a retry attaches to the job it created), its Secrets."""
-    res = spec.resources.finetune
+def on_cpu(task: dsl.PipelineTask, name: str, spec: ExperimentSpec, display: str) -> dsl.PipelineTask:
+    """A stage's task for an arm whose heavy work runs elsewhere (a Kubeflow Trainer job's pods, a hosted
+    fine-tuning API): a small CPU pod without a GPU, with the stage's time limit, retries (a retry attaches
+    to the job it created), caching and Secrets."""
+    res = getattr(spec.resources, name)
     placed = place(task, LAUNCHER.model_copy(update={"timeout_s": res.timeout_s, "retries": res.retries,
                                                      "retry_backoff": res.retry_backoff, "caching": res.caching}))
-    return harden(attach_secrets(placed, "finetune", spec), "finetune").set_display_name("finetune-launcher")
+    return harden(attach_secrets(placed, name, spec), name).set_display_name(display)
 
 
-def build_pipeline(spec: ExperimentSpec):
-    """The KFP pipeline function for ``spec``."""
-    multinode = any(arm.nodes > 1 for arm in spec.arms)
-    if multinode:
-        arm_items = [{"arm": arm.name, "placement": "one-node" if arm.nodes == 1 else "several-nodes"}
-                     for arm in spec.arms]
+def placement_of(arm) -> str:
+    """Where an arm's finetune and generate run: one-node (this pod's GPUs), several-nodes (a Trainer job
+    started from a CPU launcher), hosted (an API, from CPU pods)."""
+    if arm.is_hosted:
+        return "hosted"
+    return "one-node" if arm.nodes == 1 else "several-nodes"
+
+
+def build_pipeline(spec: ExperimentSpec, local: bool = False):
+    """The KFP pipeline function for ``spec``.
+
+    On a cluster, arms whose work runs elsewhere (several nodes, hosted) take CPU-pod branches chosen
+    per arm (dsl.If / dsl.OneOf). ``local``: one path for every arm, since the local runner ignores
+    placement and cannot resolve dsl.OneOf artifacts.
+    """
+    placements = {arm.name: placement_of(arm) for arm in spec.arms}
+    branching = not local and set(placements.values()) != {"one-node"}
+    hosted = branching and "hosted" in placements.values()
+    if branching:
+        arm_items = [{"arm": name, "placement": where} for name, where in placements.items()]
     else:
-        arm_items = [arm.name for arm in spec.arms]
+        arm_items = list(placements)
 
     class Outputs(NamedTuple):
         html: HTML
@@ -106,27 +121,41 @@ def build_pipeline(spec: ExperimentSpec):
 
     @dsl.pipeline(name="finetune-any")
     def finetune_any(spec_json: str, arm: str, placement: str, data: Input[Dataset]) -> Model:
-        """One arm's finetune: in this pod's GPUs, or (several nodes) a launcher that runs a Trainer job."""
+        """One arm's finetune: on this pod's GPUs, or from a CPU launcher (a Trainer job, a hosted job)."""
         with dsl.If(placement == "one-node", name="one-node"):
-            one = stage(finetune(spec_json=spec_json, arm=arm, data=data), "finetune", spec)
-        with dsl.Else(name="several-nodes"):
-            many = launcher(finetune(spec_json=spec_json, arm=arm, data=data), spec)
-        return dsl.OneOf(one.outputs["model"], many.outputs["model"])
+            here = stage(finetune(spec_json=spec_json, arm=arm, data=data), "finetune", spec)
+        with dsl.Else(name="launched"):
+            launched = on_cpu(finetune(spec_json=spec_json, arm=arm, data=data), "finetune", spec,
+                              "finetune-launcher")
+        return dsl.OneOf(here.outputs["model"], launched.outputs["model"])
+
+    @dsl.pipeline(name="generate-any")
+    def generate_any(spec_json: str, arm: str, placement: str, data: Input[Dataset], model: Input[Model]) -> Dataset:
+        """One arm's generation: on a GPU, or (hosted) through the provider's API from a CPU pod."""
+        with dsl.If(placement != "hosted", name="on-gpu"):
+            gpu = stage(generate(spec_json=spec_json, arm=arm, data=data, model=model), "generate", spec)
+        with dsl.Else(name="hosted"):
+            api = on_cpu(generate(spec_json=spec_json, arm=arm, data=data, model=model), "generate", spec,
+                         "generate-hosted")
+        return dsl.OneOf(gpu.outputs["generations"], api.outputs["generations"])
 
     @dsl.pipeline(name=f"bakeoff-{spec.name}", description=spec.description or f"bakeoff experiment {spec.name}")
     def bakeoff(spec_json: str = spec.to_json()) -> Outputs:
         prep = stage(prepare_data(spec_json=spec_json), "prepare", spec).set_display_name("prepare-data")
         with dsl.ParallelFor(items=arm_items, name="arms") as item:
-            arm = item.arm if multinode else item
-            if multinode:
-                model = finetune_any(spec_json=spec_json, arm=arm, placement=item.placement,
-                                     data=prep.outputs["data"]).output
+            arm = item.arm if branching else item
+            data = prep.outputs["data"]
+            if branching:
+                model = finetune_any(spec_json=spec_json, arm=arm, placement=item.placement, data=data).output
             else:
-                ft = stage(finetune(spec_json=spec_json, arm=arm, data=prep.outputs["data"]), "finetune", spec)
-                model = ft.outputs["model"]
-            gen = stage(generate(spec_json=spec_json, arm=arm, data=prep.outputs["data"], model=model), "generate",
-                        spec)
-            ev = stage(evaluate(spec_json=spec_json, arm=arm, generations=gen.outputs["generations"]),
+                model = stage(finetune(spec_json=spec_json, arm=arm, data=data), "finetune", spec).outputs["model"]
+            if hosted:
+                generations = generate_any(spec_json=spec_json, arm=arm, placement=item.placement, data=data,
+                                           model=model).output
+            else:
+                generations = stage(generate(spec_json=spec_json, arm=arm, data=data, model=model), "generate",
+                                    spec).outputs["generations"]
+            ev = stage(evaluate(spec_json=spec_json, arm=arm, generations=generations),
                        "evaluate", spec)
         rep = stage(
             report(spec_json=spec_json, data=prep.outputs["data"], models=dsl.Collected(model),
@@ -167,7 +196,7 @@ def run_local(spec: ExperimentSpec, out_dir: str | Path) -> dict[str, Path]:
     # the swaps interleave and an indenting print can be left installed. Put it back as it was.
     original_print = builtins.print
     try:
-        task = build_pipeline(spec)()
+        task = build_pipeline(spec, local=True)()
     finally:
         builtins.print = original_print
     paths = {}

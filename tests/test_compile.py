@@ -160,3 +160,21 @@ def test_an_arm_on_several_nodes_gets_a_launcher_without_a_gpu(tmp_path, smoke_s
         "inputs.parameter_values['pipelinechannel--placement'] == 'one-node'"
     assert list(components["comp-condition-2"]["dag"]["tasks"]) == ["finetune"]
     assert list(components["comp-condition-3"]["dag"]["tasks"]) == ["finetune-2"]
+
+
+def test_a_hosted_arm_finetunes_and_generates_from_cpu_pods(tmp_path):
+    from bakeoff.spec import load_spec
+
+    spec = load_spec(ROOT / "experiments" / "sql-create-context.yaml")
+    assert any(arm.is_hosted for arm in spec.arms)
+    pipeline, platform = _compile(tmp_path, spec)
+    loop = pipeline["root"]["dag"]["tasks"]["for-loop-2"]["parameterIterator"]["items"]["raw"]
+    assert {item["placement"] for item in yaml.safe_load(loop)} == {"one-node", "hosted"}
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("finetune-2", "generate-2"):  # the launcher / hosted branches
+        assert "accelerator" not in _executor(pipeline, name)["resources"]
+        assert "nodeSelector" not in executors[f"exec-{name}"]
+    for name in ("finetune", "generate"):  # the open arms' GPU pods
+        assert _executor(pipeline, name)["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert set(pipeline["components"]["comp-for-loop-2"]["dag"]["tasks"]) == {"finetune-any", "generate-any",
+                                                                            "evaluate"}

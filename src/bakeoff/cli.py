@@ -79,7 +79,7 @@ def _cmd_prepare(args) -> int:
     from bakeoff.data.prepare import prepare_for_arms
 
     spec = load_spec(args.spec)
-    result = prepare_for_arms(spec.data, [arm.model for arm in spec.arms], spec.seed, args.out)
+    result = prepare_for_arms(spec.data, [arm.model for arm in spec.arms if not arm.is_hosted], spec.seed, args.out)
     print(json.dumps(result.rows))
     return 0
 
