@@ -48,6 +48,10 @@ def place(task: dsl.PipelineTask, res: StageResources) -> dsl.PipelineTask:
     return task
 
 
+# The keys of the S3 ConfigMap (secrets.s3.endpoint_config_map) that become env vars of the same name.
+S3_CONFIG_KEYS = {"S3_ENDPOINT": "S3_ENDPOINT", "S3_SECURE": "S3_SECURE", "AWS_REGION": "AWS_REGION"}
+
+
 def attach_secrets(task: dsl.PipelineTask, stage: str, spec: ExperimentSpec) -> dsl.PipelineTask:
     """Environment variables from the spec's Kubernetes Secrets (names and keys only; no value is compiled)."""
     by_secret: dict[str, dict[str, str]] = {}
@@ -55,6 +59,8 @@ def attach_secrets(task: dsl.PipelineTask, stage: str, spec: ExperimentSpec) -> 
         by_secret.setdefault(name, {})[key] = env
     for name, keys in by_secret.items():
         kubernetes.use_secret_as_env(task, name, keys)
+    if spec.secrets.s3 and spec.secrets.s3.endpoint_config_map:
+        kubernetes.use_config_map_as_env(task, spec.secrets.s3.endpoint_config_map, S3_CONFIG_KEYS, optional=True)
     if stage in ("finetune", "generate") and spec.resources.model_cache_pvc:
         kubernetes.mount_pvc(task, pvc_name=spec.resources.model_cache_pvc, mount_path="/cache")
         task.set_env_variable("BAKEOFF_CACHE", "/cache/bakeoff").set_env_variable("HF_HOME", "/cache/huggingface")

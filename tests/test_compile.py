@@ -178,3 +178,14 @@ def test_a_hosted_arm_finetunes_and_generates_from_cpu_pods(tmp_path):
         assert _executor(pipeline, name)["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert set(pipeline["components"]["comp-for-loop-2"]["dag"]["tasks"]) == {"finetune-any", "generate-any",
                                                                             "evaluate"}
+
+
+def test_the_s3_endpoint_can_come_from_the_charts_config_map(tmp_path, smoke_spec):
+    data = smoke_spec.model_dump(mode="json")
+    data["secrets"] = {"s3": {"name": "bakeoff-s3", "endpoint_config_map": "bakeoff-s3"}}
+    pipeline, platform = _compile(tmp_path, parse_spec(data))
+    for name, executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
+        (cm,) = executor["configMapAsEnv"]
+        assert cm["configMapName"] == "bakeoff-s3" and cm["optional"] is True
+        assert {k["configMapKey"]: k["envVar"] for k in cm["keyToEnv"]} == \
+            {"S3_ENDPOINT": "S3_ENDPOINT", "S3_SECURE": "S3_SECURE", "AWS_REGION": "AWS_REGION"}, name

@@ -117,6 +117,15 @@ def test_launcher_endpoint_is_passed_on_when_no_secret_holds_it(monkeypatch):
     assert env["S3_ENDPOINT"] == "http://minio.bakeoff:9000"
 
 
+def test_the_endpoint_comes_from_the_s3_config_map_when_the_spec_names_one(monkeypatch):
+    monkeypatch.setenv("S3_ENDPOINT", "http://launcher-only:9000")
+    data = spec_data()
+    data["secrets"]["s3"] = {"name": "bakeoff-s3", "endpoint_config_map": "bakeoff-s3"}
+    env = pod_env(tj.build_manifest(parse_spec(data), "tiny-llama", "ns")["spec"]["trainer"]["env"])
+    assert env["S3_ENDPOINT"] == {"configMapKeyRef": {"name": "bakeoff-s3", "key": "S3_ENDPOINT", "optional": True}}
+    assert env["AWS_REGION"]["configMapKeyRef"]["key"] == "AWS_REGION"
+
+
 def test_runtime_patches_carry_the_same_pod_settings():
     spec = spec_of(trainer={"pod_overrides": "runtimePatches", "runtime": "torch-cuda", "service_account": "bk"})
     m = tj.build_manifest(spec, "tiny-llama", "ns")

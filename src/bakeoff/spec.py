@@ -565,6 +565,10 @@ class S3SecretRef(_Strict):
     access_key_key: str = "AWS_ACCESS_KEY_ID"
     secret_key_key: str = "AWS_SECRET_ACCESS_KEY"
     endpoint_key: str | None = Field(default=None, description="a key holding S3_ENDPOINT, if the Secret has one")
+    endpoint_config_map: str | None = Field(
+        default=None, description="a ConfigMap whose S3_ENDPOINT, S3_SECURE and AWS_REGION keys become env vars "
+        "(the Helm chart publishes <release>-s3); the endpoint is not a secret"
+    )
 
 
 class SecretsSpec(_Strict):

@@ -85,9 +85,16 @@ def _env(spec: ExperimentSpec) -> list[dict[str, Any]]:
     for name, key, var in spec.secret_env("finetune"):
         env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
         secret_vars.add(var)
-    # The endpoint is not a secret: pass the launcher's own on (unless a Secret already provides it).
+    s3 = spec.secrets.s3
+    # The endpoint is not a secret: from the spec's S3 ConfigMap, else the launcher's own values
+    # (unless a Secret already provides them).
     for var in ("S3_ENDPOINT", "S3_SECURE", "AWS_REGION"):
-        if var not in secret_vars and os.environ.get(var):
+        if var in secret_vars:
+            continue
+        if s3 and s3.endpoint_config_map:
+            env.append({"name": var, "valueFrom": {"configMapKeyRef": {"name": s3.endpoint_config_map, "key": var,
+                                                                       "optional": True}}})
+        elif os.environ.get(var):
             env.append({"name": var, "value": os.environ[var]})
     if spec.resources.model_cache_pvc:
         env += [{"name": "BAKEOFF_CACHE", "value": "/cache/bakeoff"},
