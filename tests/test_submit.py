@@ -99,3 +99,49 @@ def test_a_report_missing_from_the_store_says_where_it_looked(fake_kfp, s3, tmp_
                  str(tmp_path), "--pipeline-root", f"minio://{s3.bucket}/v2/artifacts"]) == 1
     err = capsys.readouterr().err
     assert f"s3://{s3.bucket}/v2/artifacts/bakeoff-smoke/run-123/report/" in err and "html" in err
+
+
+POOL = """
+finetune:
+  gpu: {type: nvidia.com/gpu, count: 8, product: NVIDIA-H100-80GB-HBM3}
+  node_selector: {cloud.google.com/gke-accelerator: nvidia-h100-80gb}
+  tolerations: [{key: nvidia.com/gpu, operator: Exists, effect: NoSchedule}]
+generate:
+  gpu: {type: nvidia.com/gpu, count: 1, product: NVIDIA-H100-80GB-HBM3}
+  node_selector: {cloud.google.com/gke-accelerator: nvidia-h100-80gb}
+"""
+
+
+def test_the_clusters_gpu_pool_fills_what_the_spec_leaves_unset(fake_kfp, monkeypatch, tmp_path):
+    from bakeoff.spec import apply_resource_defaults, load_spec
+
+    pool = tmp_path / "resources.yaml"
+    pool.write_text(POOL)
+    spec_path = tmp_path / "spec.yaml"
+    data = yaml.safe_load(open("experiments/smoke.yaml"))
+    data["data"]["sources"] = [{"uri": "s3://bakeoff/data/smoke.jsonl", "format": "alpaca"}]
+    data["resources"] = {"finetune": {"node_selector": {"pool": "mine"}, "memory": "64Gi"}}
+    spec_path.write_text(yaml.safe_dump(data))
+    merged = apply_resource_defaults(load_spec(spec_path), yaml.safe_load(POOL))
+    assert merged.resources.finetune.node_selector == {"pool": "mine"}  # the spec's own wins
+    assert merged.resources.finetune.gpu.count == 8 and merged.resources.finetune.memory == "64Gi"
+    assert merged.resources.generate.node_selector == {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert merged.resources.evaluate.gpu is None
+
+    monkeypatch.setenv("BAKEOFF_GPU_POOL", str(pool))
+    out = tmp_path / "p.yaml"
+    assert main(["compile", str(spec_path), "-o", str(out)]) == 0
+    platform = list(yaml.safe_load_all(out.read_text()))[1]["platforms"]["kubernetes"]["deploymentSpec"]
+    assert platform["executors"]["exec-generate"]["nodeSelector"]["labels"] == \
+        {"cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
+    assert platform["executors"]["exec-finetune"]["nodeSelector"]["labels"] == {"pool": "mine"}
+    assert main(["run", str(spec_path), "--host", "http://kfp:8888"]) == 0
+
+
+def test_a_bad_gpu_pool_names_its_file_and_key(monkeypatch, tmp_path, capsys):
+    pool = tmp_path / "resources.yaml"
+    pool.write_text("evaluate: {gpu: {count: two}}\n")
+    monkeypatch.setenv("BAKEOFF_GPU_POOL", str(pool))
+    assert main(["compile", "experiments/smoke.yaml", "-o", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert str(pool) in err and "resources.evaluate.gpu.count" in err

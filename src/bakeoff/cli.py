@@ -26,20 +26,39 @@ def _cmd_validate(args) -> int:
     return 0
 
 
+def _cluster_spec(path: str):
+    """The spec, with the GPU pool defaults of the cluster it is submitted to (``BAKEOFF_GPU_POOL``: a
+    ``{stage: resources}`` YAML such as the Helm chart's ``bakeoff-gpu-pool`` ConfigMap) where it sets none."""
+    import yaml
+
+    from bakeoff.spec import apply_resource_defaults
+
+    spec = load_spec(path)
+    pool = os.environ.get("BAKEOFF_GPU_POOL")
+    if not pool:
+        return spec
+    try:
+        defaults = yaml.safe_load(Path(pool).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"cannot read the GPU pool defaults: {exc}", pool) from exc
+    log.info("resources the spec leaves unset come from %s", pool)
+    return apply_resource_defaults(spec, defaults, pool)
+
+
 def _cmd_compile(args) -> int:
     from bakeoff_pipelines import compile_pipeline
 
-    spec = load_spec(args.spec)
+    spec = _cluster_spec(args.spec)
     path = compile_pipeline(spec, args.output)
     print(f"wrote {path}")
     return 0
 
 
 def _cmd_run(args) -> int:
-    spec = load_spec(args.spec)
     host = args.host or os.environ.get("KFP_HOST")
     if host:
-        return _submit(spec, host, args)
+        return _submit(_cluster_spec(args.spec), host, args)
+    spec = load_spec(args.spec)
     from bakeoff_pipelines import run_local
 
     out = Path(args.out or Path("runs") / spec.name)

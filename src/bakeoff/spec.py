@@ -821,3 +821,25 @@ def _resolve_relative_sources(data: dict, base: Path) -> dict:
 def spec_from_json(text: str) -> ExperimentSpec:
     """The inverse of ``ExperimentSpec.to_json`` (what components receive)."""
     return parse_spec(json.loads(text), "spec_json")
+
+
+def apply_resource_defaults(spec: ExperimentSpec, defaults: Any, source: str = "resource defaults") -> ExperimentSpec:
+    """Fill the stages' resources the spec leaves unset from ``defaults`` (``{stage: {key: value}}``, e.g.
+    the Helm chart's GPU pool ConfigMap, ``resources.yaml``); what the spec sets itself wins, key by key."""
+    stages = ("prepare", "finetune", "generate", "evaluate", "report")
+    if not isinstance(defaults, dict):
+        raise SpecError(f"{source}: expected a mapping of stage to resources", source)
+    data = spec.model_dump(mode="json")
+    errors = []
+    for stage, values in defaults.items():
+        if stage not in stages or not isinstance(values, dict):
+            errors.append(f"{stage}: expected one of {', '.join(stages)} with a mapping of resources")
+            continue
+        explicit = getattr(spec.resources, stage).model_fields_set if stage in spec.resources.model_fields_set \
+            else set()
+        for key, value in values.items():
+            if key not in explicit:
+                data["resources"][stage][key] = value
+    if errors:
+        raise SpecError(errors, source)
+    return parse_spec(data, source)
