@@ -289,18 +289,22 @@ class LocalTrainer:
         self.jobs.pop(name, None)
 
 
-def test_multinode_arm_trains_in_the_job_and_a_rerun_attaches(tmp_path, cache_env, s3, monkeypatch):
+def on_s3(tmp_path, s3, pod_endpoint: str):
+    """A spec whose checkpoints (and so the job's data and result) live on the test's S3, its data prepared,
+    and a LocalTrainer whose pods get ``pod_endpoint`` from the S3 Secret."""
     data = spec_data()
     data["training"]["checkpoint_uri"] = f"s3://{s3.bucket}/ckpt"
     data["resources"]["trainer"] = {"namespace": "team-a", "poll_s": 0.01}
     spec = parse_spec(data)
     prepare_data(spec.data, spec.seed, tmp_path / "data")
-    monkeypatch.delenv("S3_ENDPOINT")  # the pods get it from the Secret, as on the cluster
     secrets = {("hf", "token"): "hf_x", ("s3-creds", "AWS_ACCESS_KEY_ID"): "testing",
-               ("s3-creds", "AWS_SECRET_ACCESS_KEY"): "testing", ("s3-creds", "endpoint"): s3.endpoint}
-    api = LocalTrainer(secrets, tmp_path / "home")
+               ("s3-creds", "AWS_SECRET_ACCESS_KEY"): "testing", ("s3-creds", "endpoint"): pod_endpoint}
+    return spec, LocalTrainer(secrets, tmp_path / "home")
+
+
+def test_multinode_arm_trains_in_the_job_and_a_rerun_attaches(tmp_path, cache_env, s3, monkeypatch):
+    spec, api = on_s3(tmp_path, s3, s3.endpoint)  # the launcher uses its own S3_ENDPOINT (the s3 fixture's)
     monkeypatch.setattr(tj, "kube_api", lambda: api)
-    monkeypatch.setenv("S3_ENDPOINT", s3.endpoint)  # the launcher's own, for the upload and collection
 
     from bakeoff.train.launch import finetune_arm
 
@@ -321,16 +325,8 @@ def test_multinode_arm_trains_in_the_job_and_a_rerun_attaches(tmp_path, cache_en
     assert (tmp_path / "out2" / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_a_job_that_fails_in_its_pods_fails_the_stage(tmp_path, cache_env, s3, monkeypatch):
-    data = spec_data()
-    data["training"]["checkpoint_uri"] = f"s3://{s3.bucket}/ckpt"
-    data["resources"]["trainer"] = {"namespace": "team-a", "poll_s": 0.01}
-    spec = parse_spec(data)
-    prepare_data(spec.data, spec.seed, tmp_path / "data")
-    # a wrong endpoint in the Secret: the pods cannot read their data
-    secrets = {("hf", "token"): "hf_x", ("s3-creds", "AWS_ACCESS_KEY_ID"): "testing",
-               ("s3-creds", "AWS_SECRET_ACCESS_KEY"): "testing", ("s3-creds", "endpoint"): "http://127.0.0.1:9"}
-    api = LocalTrainer(secrets, tmp_path / "home")
+def test_a_job_that_fails_in_its_pods_fails_the_stage(tmp_path, cache_env, s3):
+    spec, api = on_s3(tmp_path, s3, "http://127.0.0.1:9")  # a wrong endpoint in the Secret: no data in the pods
     with pytest.raises(TrainingError, match="node-0 exited with 1"):
         tj.run_multinode(spec, "tiny-llama", tmp_path / "data", tmp_path / "out", api=api, sleep=lambda s: None)
     assert "cannot reach the S3 endpoint" in api.log
