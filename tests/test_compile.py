@@ -117,12 +117,22 @@ def test_shm_timeout_retries_caching_pvc_and_secrets_land_where_they_belong(tmp_
 
 
 @pytest.mark.parametrize("path", sorted(str(p) for p in (ROOT / "experiments").glob("*.yaml")))
-def test_every_shipped_experiment_compiles_with_its_scheduling_and_images(path, tmp_path):
+def test_every_shipped_experiment_compiles_with_its_scheduling_and_images(path, tmp_path, monkeypatch):
     from bakeoff.spec import load_spec
 
+    for var in ("HF_TOKEN", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"):
+        monkeypatch.setenv(var, f"NEVER-COMPILED-{var}")  # values in the environment must not leak
     spec = load_spec(path)
     pipeline, platform = _compile(tmp_path, spec)
+    assert "NEVER-COMPILED" not in (tmp_path / "pipeline.yaml").read_text()
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    # every stage's pods get exactly the Secret keys the spec gives that stage, as env vars
+    for executor, config in k8s.items():
+        stage = executor.removeprefix("exec-").removesuffix("-data").rsplit("-2", 1)[0]
+        refs = {(s["secretName"], k["secretKey"], k["envVar"]) for s in config.get("secretAsEnv", [])
+                for k in s["keyToEnv"]}
+        assert refs == set(spec.secret_env(stage)), executor
+        assert config["securityContext"]["runAsNonRoot"] is True
     for stage, executor in (("finetune", "finetune"), ("generate", "generate"), ("evaluate", "evaluate"),
                             ("prepare", "prepare-data"), ("report", "report")):
         res = getattr(spec.resources, stage)
