@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 
 import pytest
 from bakeoff_pipelines import run_local
@@ -22,18 +25,46 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke-run")
     mp = pytest.MonkeyPatch()
     mp.setenv("BAKEOFF_CACHE", str(out / "cache"))
-    mp.setenv("JUDGE_API_KEY", "test-key")
+    for var, value in SECRETS.items():  # as the pods get them from Secrets; none may show up anywhere
+        mp.setenv(var, value)
+    log = open(out / "run.log", "w")
+    saved = os.dup(1), os.dup(2)
     try:
         with serve("grade") as judge:
             data = load_spec(ROOT / "experiments" / "smoke.yaml").model_dump(mode="json")
             judge_spec = {"base_url": judge.base_url, "model": "grader", "api_key_env": "JUDGE_API_KEY"}
             data["evaluation"]["judge"] = judge_spec
             spec = parse_spec(data)
-            paths = run_local(spec, out / "run")
+            sys.stdout.flush(), sys.stderr.flush()
+            os.dup2(log.fileno(), 1), os.dup2(log.fileno(), 2)  # every task's log, subprocesses included
+            try:
+                with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                    paths = run_local(spec, out / "run")
+            finally:
+                sys.stdout.flush(), sys.stderr.flush()
+                os.dup2(saved[0], 1), os.dup2(saved[1], 2)
             calls = judge.requests
     finally:
+        log.close()
         mp.undo()
     return spec, paths, json.loads(paths["results"].read_text()), calls
+
+
+SECRETS = {"JUDGE_API_KEY": "sk-e2e-judge-7f3a9c", "HF_TOKEN": "hf_e2e_token_51d2",
+           "AWS_SECRET_ACCESS_KEY": "e2e-aws-secret-88e1"}
+
+
+def test_no_secret_value_in_the_logs_the_report_or_any_file_the_run_wrote(smoke_run):
+    _, paths, _, _ = smoke_run
+    out = paths["html"].parents[1]
+    log = (out / "run.log").read_text(errors="replace")
+    assert "prepare-data" in log and "finetune" in log  # the tasks' logs were captured
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert len(files) > 20
+    for path in files:
+        text = path.read_bytes()
+        for var, value in SECRETS.items():
+            assert value.encode() not in text, f"{var}'s value appears in {path}"
 
 
 def _cell(results, arm, variant, metric):
