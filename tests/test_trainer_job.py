@@ -219,6 +219,12 @@ def test_a_failed_job_ends_with_its_message_and_where_the_logs_are():
     assert "node-1 exited with 137" in str(err.value) and "kubectl logs -n ns" in str(err.value)
 
 
+def test_running_state_shows_the_trainers_progress_when_reported():
+    obj = {"status": {"conditions": RUNNING, "trainerStatus": {"progressPercentage": 40,
+                                                               "estimatedRemainingSeconds": 900}}}
+    assert tj.job_state(tj.TRAINJOB, obj) == ("running", "Created: JobSetCreated (40% done, about 900 s left)")
+
+
 def test_pytorchjob_states():
     assert tj.job_state(tj.PYTORCHJOB, {"status": {"conditions": [
         {"type": "Running", "status": "False"}, {"type": "Succeeded", "status": "True", "message": "ok"}]}}) == \

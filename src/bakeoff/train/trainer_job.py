@@ -210,7 +210,14 @@ def job_state(kind: JobKind, obj: dict) -> tuple[str, str]:
         if cond.get("type") == "Failed":
             return "failed", message
     latest = conditions[-1] if conditions else {}
-    return "running", f"{latest.get('type', 'Pending')}: {latest.get('message') or latest.get('reason') or ''}".strip()
+    message = f"{latest.get('type', 'Pending')}: {latest.get('message') or latest.get('reason') or ''}".strip()
+    progress = (obj.get("status") or {}).get("trainerStatus") or {}  # Trainer's TrainJobStatus feature gate
+    if progress.get("progressPercentage") is not None:
+        message += f" ({progress['progressPercentage']}% done"
+        if progress.get("estimatedRemainingSeconds") is not None:
+            message += f", about {progress['estimatedRemainingSeconds']} s left"
+        message += ")"
+    return "running", message
 
 
 def _current_namespace() -> str:
