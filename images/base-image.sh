@@ -6,7 +6,9 @@ set -euo pipefail
 image=${1:-local/debian:bookworm}
 DOCKER=${DOCKER:-docker}
 if "$DOCKER" image inspect "$image" >/dev/null 2>&1; then echo "$image exists"; exit 0; fi
-mirror=$(grep -rhoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null | head -1)
+# the machine's own Debian mirror: the first deb / URIs line that is not a comment
+mirror=$(cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null \
+  | grep -vE '^[[:space:]]*#' | grep -oE 'https?://[^ ]+/debian/?' | head -1 || true)
 mirror=${MIRROR:-${mirror:-http://deb.debian.org/debian}}
 rootfs=$(mktemp -d)
 trap 'rm -rf "$rootfs"' EXIT
