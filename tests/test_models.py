@@ -50,7 +50,12 @@ def test_tiny_model_is_built_once_and_cached(cache, build_calls):
     assert build_calls == ["llama"]
     assert weights.stat().st_mtime_ns == mtime
     # no half-built temporary folders are left beside it
-    assert sorted(p.name for p in (cache / "models").iterdir()) == ["tiny-llama"]
+    assert visible(cache / "models") == ["tiny-llama"]
+
+
+def visible(folder: Path) -> list[str]:
+    """The folder's entries without the hidden build locks (``.<name>.lock``)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
 def test_tiny_build_is_deterministic(tmp_path):
@@ -99,7 +104,7 @@ def test_unknown_tiny_family(cache):
     assert msg.startswith("tiny://gpt2: unknown tiny family")
     assert "llama" in msg and "mixtral" in msg
     assert not (cache / "models" / "tiny-gpt2").exists()
-    assert list((cache / "models").iterdir()) == []  # the temporary build folder is removed
+    assert visible(cache / "models") == []  # the temporary build folder is removed
 
 
 @pytest.mark.parametrize("uri", ["gs://bucket/model", "https://example.com/model", "ftp://x/y"])
@@ -185,7 +190,7 @@ def test_s3_model_empty_prefix(s3, cache):
     with pytest.raises(ModelError) as info:
         resolve_model(f"s3://{s3.bucket}/models/nothing-here")
     assert f"s3://{s3.bucket}/models/nothing-here" in str(info.value)
-    assert not any((cache / "models").iterdir())
+    assert visible(cache / "models") == []
 
 
 def test_s3_model_without_endpoint(monkeypatch):
@@ -194,3 +199,35 @@ def test_s3_model_without_endpoint(monkeypatch):
     with pytest.raises(ModelError) as info:
         resolve_model("s3://bucket/model")
     assert "S3_ENDPOINT" in str(info.value)
+
+
+def _build_slowly(counter: str, tmp) -> None:
+    import time
+    from pathlib import Path
+
+    with open(counter, "a") as fh:
+        fh.write("built\n")
+    time.sleep(0.3)
+    (Path(tmp) / "config.json").write_text("{}")
+
+
+def _want(args) -> str:
+    import functools
+    from pathlib import Path
+
+    from bakeoff.storage import atomic_dir
+
+    final, counter = args
+    return str(atomic_dir(Path(final), functools.partial(_build_slowly, counter)))
+
+
+def test_processes_wanting_the_same_model_folder_build_it_once(tmp_path):
+    """The ranks of one node (or pods sharing the cache PVC) download a base model once: the others wait."""
+    import multiprocessing
+
+    final, counter = tmp_path / "models" / "s3-abc", tmp_path / "builds.txt"
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        paths = pool.map(_want, [(str(final), str(counter))] * 4)
+    assert set(paths) == {str(final)} and (final / "config.json").is_file()
+    assert counter.read_text().count("built") == 1
+    assert visible(final.parent) == ["s3-abc"]  # no half-built folder left

@@ -144,19 +144,32 @@ def cache_root() -> Path:
 
 
 def atomic_dir(final: Path, build) -> Path:
-    """Create ``final`` by calling ``build(tmp_dir)`` and renaming, so a half-built folder is never seen."""
+    """Create ``final`` by calling ``build(tmp_dir)`` and renaming, so a half-built folder is never seen.
+
+    Processes that want the same folder at once (the ranks of one training node, pods sharing the model
+    cache PVC) take a file lock first: one builds or downloads, the others wait and reuse its result.
+    """
     if final.exists():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
-    try:
-        build(tmp)
+    with open(final.parent / f".{final.name}.lock", "a") as lock:
         try:
-            tmp.rename(final)
-        except OSError:
-            if not final.exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+            import fcntl
+
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        except (ImportError, OSError):  # no flock (Windows, some network filesystems): rename still protects
+            pass
+        if final.exists():
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
+        try:
+            build(tmp)
+            try:
+                tmp.rename(final)
+            except OSError:
+                if not final.exists():
+                    raise
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return final
