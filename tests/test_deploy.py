@@ -339,6 +339,23 @@ def test_should_limit_egress_to_dns_s3_kfp_and_the_judge(name):
     assert "bakeoff-jobs-egress" in policies
 
 
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_should_let_training_nodes_reach_each_other_dns_and_s3_only(name):
+    from bakeoff.train.trainer_job import POD_LABELS
+
+    policies = {o["metadata"]["name"]: o["spec"] for o in rendered(name) if o["kind"] == "NetworkPolicy"}
+    nodes = policies["bakeoff-training-nodes"]
+    assert nodes["podSelector"] == {"matchLabels": POD_LABELS}  # the labels the Trainer job's pods get
+    assert nodes["policyTypes"] == ["Ingress", "Egress"]
+    assert nodes["ingress"] == [{"from": [{"podSelector": {"matchLabels": POD_LABELS}}]}]
+    peers = [rule["to"] for rule in nodes["egress"]]
+    assert [{"podSelector": {"matchLabels": POD_LABELS}}] in peers  # rendezvous and NCCL between the nodes
+    for rule in nodes["egress"]:
+        assert rule.get("to"), f"{name}: an egress rule without `to` allows every destination"
+    ports = {p["port"] for rule in nodes["egress"] for p in rule.get("ports", [])}
+    assert 53 in ports and 8888 not in ports  # DNS yes; the KFP API is the launcher's business, not theirs
+
+
 def test_should_place_the_vllm_judge_on_the_gpu_pool():
     objects = rendered("vllm-judge-values.yaml")
     (deploy,) = [o for o in objects if o["kind"] == "Deployment"]

@@ -86,6 +86,7 @@ def test_trainjob_carries_placement_resources_secrets_and_the_training_command()
 
     (override,) = m["spec"]["podTemplateOverrides"]
     assert override["targetJobs"] == [{"name": "node"}]
+    assert override["metadata"]["labels"] == tj.POD_LABELS  # what the chart's NetworkPolicy selects
     pod = override["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -134,6 +135,7 @@ def test_runtime_patches_carry_the_same_pod_settings():
     (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     pod = job["template"]["spec"]["template"]["spec"]
     assert job["name"] == "node" and pod["serviceAccountName"] == "bk"
+    assert job["template"]["spec"]["template"]["metadata"]["labels"] == tj.POD_LABELS
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
 
@@ -148,6 +150,7 @@ def test_pytorchjob_for_the_older_operator():
     assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 3
     assert m["spec"]["nprocPerNode"] == "4"
     for role in ("Master", "Worker"):
+        assert tj.POD_LABELS.items() <= replicas[role]["template"]["metadata"]["labels"].items()
         pod = replicas[role]["template"]["spec"]
         assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
         assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ml",

@@ -129,6 +129,9 @@ def _volumes(spec: ExperimentSpec) -> tuple[list[dict[str, Any]], list[dict[str,
     return volumes, mounts
 
 
+# The training pods' labels: the Helm chart's NetworkPolicy for them selects these (the pods talk to each
+# other for the rendezvous and NCCL, and to DNS and S3).
+POD_LABELS = {"app.kubernetes.io/part-of": "bakeoff", "bakeoff/stage": "training-node"}
 POD_SECURITY = {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID, "fsGroup": USER_ID,
                 "seccompProfile": {"type": "RuntimeDefault"}}
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
@@ -175,18 +178,21 @@ def build_manifest(spec: ExperimentSpec, arm: str | ArmSpec, namespace: str, ima
             body["activeDeadlineSeconds"] = deadline
         patch = {**pod_spec, "containers": [{"name": "node", "volumeMounts": mounts,
                                              "securityContext": CONTAINER_SECURITY}]}
+        pod_meta = {"labels": dict(POD_LABELS)}
         if trainer.pod_overrides == "podTemplateOverrides":
-            body["podTemplateOverrides"] = [{"targetJobs": [{"name": "node"}], "spec": patch}]
+            body["podTemplateOverrides"] = [{"targetJobs": [{"name": "node"}], "metadata": pod_meta, "spec": patch}]
         else:
             body["runtimePatches"] = [{"manager": "bakeoff", "trainingRuntimeSpec": {"template": {"spec": {
-                "replicatedJobs": [{"name": "node", "template": {"spec": {"template": {"spec": patch}}}}]}}}}]
+                "replicatedJobs": [{"name": "node", "template": {"spec": {"template": {
+                    "metadata": pod_meta, "spec": patch}}}}]}}}}]
         return {"apiVersion": f"{kind.group}/{kind.version}", "kind": kind.kind, "metadata": metadata, "spec": body}
 
     container = {"name": "pytorch", "image": image, "command": training_command(arm, uri), "env": _env(spec),
                  "volumeMounts": mounts, "securityContext": CONTAINER_SECURITY}
     if _resources(spec):
         container["resources"] = _resources(spec)
-    template = {"metadata": {"labels": dict(metadata["labels"])}, "spec": {**pod_spec, "containers": [container]}}
+    template = {"metadata": {"labels": {**metadata["labels"], **POD_LABELS}},
+                "spec": {**pod_spec, "containers": [container]}}
     replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
     if arm.nodes > 1:
         replicas["Worker"] = {"replicas": arm.nodes - 1, "restartPolicy": "OnFailure", "template": template}
