@@ -47,6 +47,7 @@ class FakeOpenAI:
         self.create_status: int | None = None
         self.poll_errors = 0
         self.creates = 0
+        self.idempotency_keys: list[str | None] = []
         self.chat_models: list[str] = []
         self.requests: list[tuple[str, str]] = []
         self.lock = threading.Lock()
@@ -206,6 +207,7 @@ class FakeOpenAI:
                     if body.get(key) and body[key] not in fake.files:
                         return self._error(400, f"invalid {key}: {body[key]}")
                 fake.creates += 1
+                fake.idempotency_keys.append(self.headers.get("Idempotency-Key"))
                 job_id = fake._id("ftjob")
                 method = body.get("method") or {"type": "supervised", "supervised": {"hyperparameters": {}}}
                 hp = {"n_epochs": "auto", "batch_size": "auto", "learning_rate_multiplier": "auto",

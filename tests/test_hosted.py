@@ -75,6 +75,7 @@ def test_a_hosted_job_trains_generates_is_scored_and_reported(prepared, env):
 
         # one job on the base model with the spec's hyperparameters, seed and suffix; both splits uploaded
         assert api.creates == 1
+        assert api.idempotency_keys[0].startswith("bakeoff-")  # one key per job: a retried create is the same
         job = next(iter(api.jobs.values()))
         assert job["model"] == MODEL and job["seed"] == spec.seed and job["user_provided_suffix"] == "sql"
         assert job["method"]["supervised"]["hyperparameters"]["n_epochs"] == 2

@@ -454,6 +454,9 @@ def finetune_hosted(spec: ExperimentSpec, arm: ArmSpec | str, data_dir: str | Pa
             training_file=state["train_file"], validation_file=state["validation_file"], seed=spec.seed,
             method={"type": "supervised", "supervised": {"hyperparameters": _hyperparameters(hosted)}},
             metadata={"bakeoff_key": key, "bakeoff_experiment": spec.name, "bakeoff_arm": arm.name}, **extra,
+            # the same key on every attempt: a server that honours it never creates a second job when a
+            # create whose reply was lost is retried
+            extra_headers={"Idempotency-Key": f"bakeoff-{key}"},
         )
         state["job_id"] = job.id
         write_state(location, state)  # before anything else can fail: a rerun attaches to this job
