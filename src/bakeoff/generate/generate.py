@@ -30,6 +30,15 @@ from bakeoff.spec import ArmSpec, GenerationSpec
 log = logging.getLogger(__name__)
 
 
+
+def few_shots(variants, data_dir, generation, seed: int) -> list[dict]:
+    """The base-few-shot variant's examples: ``few_shot_k`` train rows drawn with the spec's seed (the same
+    for every arm and backend); none without that variant."""
+    if "base-few-shot" not in variants:
+        return []
+    train = read_split(data_dir, "train")
+    return random.Random(seed).sample(train, min(generation.few_shot_k, len(train)))
+
 def batched_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[dict]:
     """Greedy answers for ``prompts``: left padding, batches of similar length, stop at end of sequence.
 
@@ -130,10 +139,7 @@ def generate(
     else:
         answer = _endpoint_answerer(arm, generation)
 
-    shots: list[dict] = []
-    if "base-few-shot" in variants:
-        train = read_split(data_dir, "train")
-        shots = random.Random(seed).sample(train, min(generation.few_shot_k, len(train)))
+    shots = few_shots(variants, data_dir, generation, seed)
 
     rows, timing = [], {}
     for variant in variants:
@@ -184,10 +190,7 @@ def _generate_hosted(arm: ArmSpec, generation: GenerationSpec, variants: Sequenc
     endpoint = GenerationEndpoint(base_url=hosted.base_url, api_key_env=hosted.api_key_env, api="chat",
                                   base_model=arm.model, finetuned_model=tuned, concurrency=hosted.concurrency,
                                   timeout_s=hosted.timeout_s, max_retries=hosted.max_retries)
-    shots: list[dict] = []
-    if "base-few-shot" in variants:
-        train = read_split(data_dir, "train")
-        shots = random.Random(seed).sample(train, min(generation.few_shot_k, len(train)))
+    shots = few_shots(variants, data_dir, generation, seed)
     rows, timing = [], {}
     for variant in variants:
         conversations = [prompt_messages(ex, template, hosted.system_prompt,
