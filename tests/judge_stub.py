@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from loopback import running
+
 NORMAL_REPLY = "Good. Rating: [[8]]"
 PROMPT_TOKENS, COMPLETION_TOKENS = 50, 7
 _PAIR = re.compile(r"Reference answer:\n(.*?)\n\nAssistant's answer:\n(.*?)\n\n", re.S)
@@ -204,14 +206,5 @@ class FakeJudgeServer:
 def serve(mode: str = "normal", **settings) -> Iterator[FakeJudgeServer]:
     """A FakeJudgeServer on 127.0.0.1 (port chosen by the OS) in a daemon thread, for the block's duration."""
     server = FakeJudgeServer().set(mode, **settings)
-    server.httpd = ThreadingHTTPServer(("127.0.0.1", 0), server.handler())
-    server.httpd.daemon_threads = True
-    thread = threading.Thread(target=server.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with running(server, before_stop=server.stopping.set):
         yield server
-    finally:
-        server.stopping.set()
-        server.httpd.shutdown()
-        server.httpd.server_close()
-        thread.join(timeout=5)

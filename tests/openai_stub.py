@@ -25,6 +25,8 @@ from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
+from loopback import running
+
 STEPS = ("validating_files", "queued", "running")
 
 
@@ -277,13 +279,5 @@ def serve(**settings) -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI()
     for key, value in settings.items():
         setattr(fake, key, value)
-    fake.httpd = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
-    fake.httpd.daemon_threads = True
-    thread = threading.Thread(target=fake.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with running(fake):
         yield fake
-    finally:
-        fake.httpd.shutdown()
-        fake.httpd.server_close()
-        thread.join(timeout=5)

@@ -1,0 +1,28 @@
+"""Run a test stand-in server (anything with ``handler()`` and an ``httpd`` slot) on 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import ThreadingHTTPServer
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+@contextmanager
+def running(fake: T, before_stop: Callable[[], None] | None = None) -> Iterator[T]:
+    """Serve ``fake.handler()`` on a port the OS picks, in a daemon thread, for the block's duration."""
+    fake.httpd = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
+    fake.httpd.daemon_threads = True
+    thread = threading.Thread(target=fake.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        if before_stop:
+            before_stop()
+        fake.httpd.shutdown()
+        fake.httpd.server_close()
+        thread.join(timeout=5)
