@@ -19,7 +19,9 @@ from bakeoff_components import evaluate, finetune, generate, prepare_data, repor
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Model
 
+from bakeoff.images import IMAGE_USER
 from bakeoff.spec import ExperimentSpec, StageResources
+from bakeoff.storage import MODEL_CACHE_ENV, MODEL_CACHE_MOUNT, S3_SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,6 @@ def place(task: dsl.PipelineTask, res: StageResources) -> dsl.PipelineTask:
     return task
 
 
-# The keys of the S3 ConfigMap (secrets.s3.endpoint_config_map) that become env vars of the same name.
-S3_CONFIG_KEYS = {"S3_ENDPOINT": "S3_ENDPOINT", "S3_SECURE": "S3_SECURE", "AWS_REGION": "AWS_REGION"}
-
-
 def attach_secrets(task: dsl.PipelineTask, stage: str, spec: ExperimentSpec) -> dsl.PipelineTask:
     """Environment variables from the spec's Kubernetes Secrets (names and keys only; no value is compiled)."""
     by_secret: dict[str, dict[str, str]] = {}
@@ -60,14 +58,14 @@ def attach_secrets(task: dsl.PipelineTask, stage: str, spec: ExperimentSpec) -> 
     for name, keys in by_secret.items():
         kubernetes.use_secret_as_env(task, name, keys)
     if spec.secrets.s3 and spec.secrets.s3.endpoint_config_map:
-        kubernetes.use_config_map_as_env(task, spec.secrets.s3.endpoint_config_map, S3_CONFIG_KEYS, optional=True)
+        # the ConfigMap's keys become env vars of the same name
+        kubernetes.use_config_map_as_env(task, spec.secrets.s3.endpoint_config_map, {k: k for k in S3_SETTINGS},
+                                         optional=True)
     if stage in ("finetune", "generate") and spec.resources.model_cache_pvc:
-        kubernetes.mount_pvc(task, pvc_name=spec.resources.model_cache_pvc, mount_path="/cache")
-        task.set_env_variable("BAKEOFF_CACHE", "/cache/bakeoff").set_env_variable("HF_HOME", "/cache/huggingface")
+        kubernetes.mount_pvc(task, pvc_name=spec.resources.model_cache_pvc, mount_path=MODEL_CACHE_MOUNT)
+        for name, value in MODEL_CACHE_ENV.items():
+            task.set_env_variable(name, value)
     return task
-
-
-IMAGE_USER = 10001  # the stage images' non-root user (images/<stage>/Dockerfile)
 
 
 def harden(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:

@@ -137,6 +137,13 @@ def upload_dir(src: str | Path, uri: str, only: list[str] | None = None) -> list
     return keys
 
 
+# The S3 settings that are not secrets (a ConfigMap may hold them), read by s3_client().
+S3_SETTINGS = ("S3_ENDPOINT", "S3_SECURE", "AWS_REGION")
+# Where a model-cache PVC is mounted in the pods, and the cache variables pointing into it.
+MODEL_CACHE_MOUNT = "/cache"
+MODEL_CACHE_ENV = {"BAKEOFF_CACHE": f"{MODEL_CACHE_MOUNT}/bakeoff", "HF_HOME": f"{MODEL_CACHE_MOUNT}/huggingface"}
+
+
 def cache_root() -> Path:
     """Where bakeoff caches built models, downloads and judge replies (``BAKEOFF_CACHE``)."""
     root = os.environ.get("BAKEOFF_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "bakeoff")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bakeoff.errors import TrainingError
 from bakeoff.spec import ExperimentSpec
+from bakeoff.train.checkpoints import MARKER
 from bakeoff.train.finetune import TrainResult, finetune, read_training
 
 log = logging.getLogger(__name__)
@@ -89,9 +90,8 @@ def finetune_remote(spec: ExperimentSpec, arm: str, data: str, out: str, process
         result = finetune_arm(spec, arm, data_dir, out_dir, processes=processes)
         if os.environ.get("RANK", "0") == "0":
             upload_dir(out_dir, out)
-            marker = Path(tmp) / "COMPLETE"
-            marker.write_text("complete\n")
-            upload_dir(Path(tmp), out, only=["COMPLETE"])
+            (Path(tmp) / MARKER).write_text("complete\n")
+            upload_dir(Path(tmp), out, only=[MARKER])  # last: the launcher collects only a complete result
             log.info("uploaded the result to %s", out)
         return result
 

@@ -31,14 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from bakeoff.errors import StorageError, TrainingError
-from bakeoff.images import image_for
+from bakeoff.images import IMAGE_USER, image_for
 from bakeoff.spec import ArmSpec, ExperimentSpec
+from bakeoff.storage import MODEL_CACHE_ENV, MODEL_CACHE_MOUNT, S3_SETTINGS
+from bakeoff.train.checkpoints import MARKER as COMPLETE
 
 log = logging.getLogger(__name__)
 
 SPEC_ENV = "BAKEOFF_SPEC_JSON"
-COMPLETE = "COMPLETE"
-USER_ID = 10001  # the images' non-root user
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def _env(spec: ExperimentSpec) -> list[dict[str, Any]]:
     s3 = spec.secrets.s3
     # The endpoint is not a secret: from the spec's S3 ConfigMap, else the launcher's own values
     # (unless a Secret already provides them).
-    for var in ("S3_ENDPOINT", "S3_SECURE", "AWS_REGION"):
+    for var in S3_SETTINGS:
         if var in secret_vars:
             continue
         if s3 and s3.endpoint_config_map:
@@ -97,8 +97,7 @@ def _env(spec: ExperimentSpec) -> list[dict[str, Any]]:
         elif os.environ.get(var):
             env.append({"name": var, "value": os.environ[var]})
     if spec.resources.model_cache_pvc:
-        env += [{"name": "BAKEOFF_CACHE", "value": "/cache/bakeoff"},
-                {"name": "HF_HOME", "value": "/cache/huggingface"}]
+        env += [{"name": name, "value": value} for name, value in MODEL_CACHE_ENV.items()]
     return env
 
 
@@ -125,14 +124,14 @@ def _volumes(spec: ExperimentSpec) -> tuple[list[dict[str, Any]], list[dict[str,
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
     if spec.resources.model_cache_pvc:
         volumes.append({"name": "model-cache", "persistentVolumeClaim": {"claimName": spec.resources.model_cache_pvc}})
-        mounts.append({"name": "model-cache", "mountPath": "/cache"})
+        mounts.append({"name": "model-cache", "mountPath": MODEL_CACHE_MOUNT})
     return volumes, mounts
 
 
 # The training pods' labels: the Helm chart's NetworkPolicy for them selects these (the pods talk to each
 # other for the rendezvous and NCCL, and to DNS and S3).
 POD_LABELS = {"app.kubernetes.io/part-of": "bakeoff", "bakeoff/stage": "training-node"}
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": USER_ID, "runAsGroup": USER_ID, "fsGroup": USER_ID,
+POD_SECURITY = {"runAsNonRoot": True, "runAsUser": IMAGE_USER, "runAsGroup": IMAGE_USER, "fsGroup": IMAGE_USER,
                 "seccompProfile": {"type": "RuntimeDefault"}}
 CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
                       "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
