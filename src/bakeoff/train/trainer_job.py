@@ -157,6 +157,7 @@ def build_manifest(spec: ExperimentSpec, arm: str | ArmSpec, namespace: str, ima
     uri = job_uri(spec, arm)
     procs = res.gpu.count if res.gpu else 1
     volumes, mounts = _volumes(spec)
+    resources = _resources(spec)
     metadata = {"name": job_name(spec, arm), "namespace": namespace,
                 "labels": {"app.kubernetes.io/name": "bakeoff", "app.kubernetes.io/component": "finetune",
                            "bakeoff/experiment": spec.name[:63], "bakeoff/arm": arm.name[:63]}}
@@ -171,8 +172,8 @@ def build_manifest(spec: ExperimentSpec, arm: str | ArmSpec, namespace: str, ima
             "trainer": {"image": image, "command": training_command(arm, uri), "env": _env(spec),
                         "numNodes": arm.nodes, "numProcPerNode": procs},
         }
-        if _resources(spec):
-            body["trainer"]["resourcesPerNode"] = _resources(spec)
+        if resources:
+            body["trainer"]["resourcesPerNode"] = resources
         if deadline:
             body["activeDeadlineSeconds"] = deadline
         patch = {**pod_spec, "containers": [{"name": "node", "volumeMounts": mounts,
@@ -188,8 +189,8 @@ def build_manifest(spec: ExperimentSpec, arm: str | ArmSpec, namespace: str, ima
 
     container = {"name": "pytorch", "image": image, "command": training_command(arm, uri), "env": _env(spec),
                  "volumeMounts": mounts, "securityContext": CONTAINER_SECURITY}
-    if _resources(spec):
-        container["resources"] = _resources(spec)
+    if resources:
+        container["resources"] = resources
     template = {"metadata": {"labels": {**metadata["labels"], **POD_LABELS}},
                 "spec": {**pod_spec, "containers": [container]}}
     replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
