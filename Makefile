@@ -52,9 +52,10 @@ check-deploy: $(STAMP)
 		$(VENV)/checkov/bin/python -m pip install -q "checkov>=3.2,<4"; }
 	BAKEOFF_CHECK_DEPLOY=1 CHECKOV=$(VENV)/checkov/bin/checkov $(BIN)/python -m pytest -q tests/test_deploy.py
 
-## images: build the five stage images as $(REGISTRY)/bakeoff-<stage>:$(TAG) (the tag the pipeline expects by
-## default is the package version); PUSH=1 pushes them. BASE_IMAGE / GPU_BASE_IMAGE replace the pinned bases,
-## WHEELS offers local wheels first, CA_BUNDLE passes a CA for an intercepting proxy. See images/build.sh.
+## images: build the five stage images from the one images/Dockerfile as $(REGISTRY)/bakeoff-<stage>:$(TAG) (the
+## tag the pipeline expects by default is the package version); PUSH=1 pushes them. BASE_IMAGE / GPU_BASE_IMAGE
+## replace the pinned bases (set per stage in images/build.sh), WHEELS offers local wheels first, CA_BUNDLE
+## passes a CA for an intercepting proxy. See images/build.sh.
 REGISTRY ?= localhost:5000/bakeoff
 TAG ?=
 images:
