@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, str(ROOT / "tests"))
     from judge_stub import serve  # the loopback OpenAI-compatible server the tests use
 
-    from bakeoff.data.synthetic import iter_smoke_records
-    from bakeoff.data.templates import get_template
+    from bakeoff.fixtures.smoke import iter_smoke_records
+    from bakeoff.templates import get_template
 
     template = get_template("llama2-inst")
     records = list(iter_smoke_records(max(args.prompts, args.judgments), seed=1))

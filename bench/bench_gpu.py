@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     logging.disable(logging.WARNING)
     os.environ.setdefault("BAKEOFF_CACHE", tempfile.mkdtemp(prefix="bakeoff-bench-"))
-    from bakeoff.data.prepare import prepare_data, read_split
+    from bakeoff.artifacts import read_split
+    from bakeoff.data.prepare import prepare_data
 
     gpu = torch.cuda.get_device_name(0)
     results: dict = {"gpu": gpu, "steps": args.steps, "config": CONFIG_1B}

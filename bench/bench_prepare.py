@@ -22,8 +22,8 @@ from importlib import metadata
 from pathlib import Path
 
 from bakeoff.data.prepare import extract_record, iter_source, prepare_data
-from bakeoff.data.templates import get_template
 from bakeoff.spec import DataSource, DataSpec, SplitSpec
+from bakeoff.templates import get_template
 
 WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa "
          "quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()

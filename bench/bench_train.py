@@ -48,7 +48,7 @@ def plain_trl(data_dir: Path, steps: int, pad_to: int | None, model: str = "tiny
     from transformers import PrinterCallback
     from trl import SFTConfig, SFTTrainer
 
-    from bakeoff.data.prepare import read_split
+    from bakeoff.artifacts import read_split
     from bakeoff.models import load_model, load_tokenizer
     from bakeoff.train.methods import peft_config
 

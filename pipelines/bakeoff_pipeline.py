@@ -19,7 +19,7 @@ from bakeoff_components import evaluate, finetune, generate, prepare_data, repor
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Model
 
-from bakeoff.images import IMAGE_USER
+from bakeoff import cluster
 from bakeoff.spec import ExperimentSpec, StageResources
 from bakeoff.storage import MODEL_CACHE_ENV, MODEL_CACHE_MOUNT, S3_SETTINGS
 
@@ -31,17 +31,17 @@ def place(task: dsl.PipelineTask, res: StageResources) -> dsl.PipelineTask:
     time limit, retries and caching."""
     if res.gpu is not None:
         task.set_accelerator_type(res.gpu.type).set_accelerator_limit(res.gpu.count)
-    for key, value in sorted(res.effective_node_selector().items()):
+    for key, value in sorted(cluster.node_selector(res).items()):
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
-    for tol in res.effective_tolerations():
+    for tol in cluster.tolerations(res):
         kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
     if res.cpu:
         task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu)
     if res.memory:
         task.set_memory_request(res.memory).set_memory_limit(res.memory)
-    if res.effective_shm_size():
+    if cluster.shm_size(res):
         kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
-                                   size_limit=res.effective_shm_size())
+                                   size_limit=cluster.shm_size(res))
     if res.timeout_s:
         kubernetes.set_timeout(task, res.timeout_s)
     if res.retries:
@@ -53,7 +53,7 @@ def place(task: dsl.PipelineTask, res: StageResources) -> dsl.PipelineTask:
 def attach_secrets(task: dsl.PipelineTask, stage: str, spec: ExperimentSpec) -> dsl.PipelineTask:
     """Environment variables from the spec's Kubernetes Secrets (names and keys only; no value is compiled)."""
     by_secret: dict[str, dict[str, str]] = {}
-    for name, key, env in spec.secret_env(stage):
+    for name, key, env in cluster.secret_env(spec, stage):
         by_secret.setdefault(name, {})[key] = env
     for name, keys in by_secret.items():
         kubernetes.use_secret_as_env(task, name, keys)
@@ -70,10 +70,12 @@ def attach_secrets(task: dsl.PipelineTask, stage: str, spec: ExperimentSpec) -> 
 
 def harden(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
     """Run as the images' non-root user (the KFP compiler adds no privilege escalation, dropped
-    capabilities and the RuntimeDefault seccomp profile); label the pod with its stage."""
-    kubernetes.set_security_context(task, run_as_user=IMAGE_USER, run_as_group=IMAGE_USER, run_as_non_root=True)
-    kubernetes.add_pod_label(task, "app.kubernetes.io/part-of", "bakeoff")
-    kubernetes.add_pod_label(task, "bakeoff/stage", name)
+    capabilities and the RuntimeDefault seccomp profile); label the pod with its stage (cluster policy)."""
+    security = cluster.POD_SECURITY
+    kubernetes.set_security_context(task, run_as_user=security["runAsUser"], run_as_group=security["runAsGroup"],
+                                    run_as_non_root=security["runAsNonRoot"])
+    for key, value in cluster.pod_labels(name).items():
+        kubernetes.add_pod_label(task, key, value)
     return task
 
 
@@ -82,16 +84,11 @@ def stage(task: dsl.PipelineTask, name: str, spec: ExperimentSpec) -> dsl.Pipeli
     return harden(attach_secrets(place(task, getattr(spec.resources, name)), name, spec), name)
 
 
-LAUNCHER = StageResources(cpu="1", memory="2Gi", shm_size=None)
-
-
 def on_cpu(task: dsl.PipelineTask, name: str, spec: ExperimentSpec, display: str) -> dsl.PipelineTask:
     """A stage's task for an arm whose heavy work runs elsewhere (a Kubeflow Trainer job's pods, a hosted
     fine-tuning API): a small CPU pod without a GPU, with the stage's time limit, retries (a retry attaches
     to the job it created), caching and Secrets."""
-    res = getattr(spec.resources, name)
-    placed = place(task, LAUNCHER.model_copy(update={"timeout_s": res.timeout_s, "retries": res.retries,
-                                                     "retry_backoff": res.retry_backoff, "caching": res.caching}))
+    placed = place(task, cluster.launcher(getattr(spec.resources, name)))
     return harden(attach_secrets(placed, name, spec), name).set_display_name(display)
 
 

@@ -6,6 +6,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from bakeoff import cluster
 from bakeoff.cli import main
 from bakeoff.spec import parse_spec
 
@@ -131,7 +132,7 @@ def test_every_shipped_experiment_compiles_with_its_scheduling_and_images(path, 
         stage = executor.removeprefix("exec-").removesuffix("-data").rsplit("-2", 1)[0]
         refs = {(s["secretName"], k["secretKey"], k["envVar"]) for s in config.get("secretAsEnv", [])
                 for k in s["keyToEnv"]}
-        assert refs == set(spec.secret_env(stage)), executor
+        assert refs == set(cluster.secret_env(spec, stage)), executor
         assert config["securityContext"]["runAsNonRoot"] is True
     for stage, executor in (("finetune", "finetune"), ("generate", "generate"), ("evaluate", "evaluate"),
                             ("prepare", "prepare-data"), ("report", "report")):
@@ -141,7 +142,7 @@ def test_every_shipped_experiment_compiles_with_its_scheduling_and_images(path, 
         if res.gpu:
             assert container["resources"]["accelerator"]["resourceType"] == res.gpu.type
             assert container["resources"]["accelerator"]["resourceCount"] == str(res.gpu.count)
-            assert k8s[f"exec-{executor}"]["nodeSelector"]["labels"] == res.effective_node_selector()
+            assert k8s[f"exec-{executor}"]["nodeSelector"]["labels"] == cluster.node_selector(res)
         else:
             assert "accelerator" not in container.get("resources", {})
 

@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bakeoff.data.prepare import SPLITS, check_alpaca, prepare_data, read_source, read_split
-from bakeoff.data.synthetic import TASKS, iter_smoke_records, write_smoke_dataset
-from bakeoff.data.templates import LLAMA2_INST_PREAMBLE, get_template
+from bakeoff.artifacts import SPLITS, read_split
+from bakeoff.data.prepare import check_alpaca, prepare_data, read_source
 from bakeoff.errors import DataError, SpecError
+from bakeoff.fixtures.smoke import TASKS, iter_smoke_records, write_smoke_dataset
 from bakeoff.spec import DataSource, DataSpec, SplitSpec
+from bakeoff.templates import LLAMA2_INST_PREAMBLE, get_template
 
 pytest_plugins = ["s3_fixture"]  # the moto S3 server and hf_offline fixtures
 

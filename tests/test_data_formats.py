@@ -11,15 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from bakeoff.artifacts import SPLITS, read_split
 from bakeoff.data.prepare import (
-    SPLITS,
     VIGGO_INSTRUCTION,
     extract_record,
     normalise,
     percentiles,
     prepare_data,
     read_source,
-    read_split,
 )
 from bakeoff.errors import DataError, SpecError
 from bakeoff.spec import DataSource, DataSpec, SplitSpec, parse_spec

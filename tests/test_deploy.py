@@ -341,7 +341,9 @@ def test_should_limit_egress_to_dns_s3_kfp_and_the_judge(name):
 
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_should_let_training_nodes_reach_each_other_dns_and_s3_only(name):
-    from bakeoff.train.trainer_job import POD_LABELS
+    from bakeoff.cluster import TRAINING_NODE, pod_labels
+
+    POD_LABELS = pod_labels(TRAINING_NODE)  # noqa: N806 - the labels the Trainer job's pods get
 
     policies = {o["metadata"]["name"]: o["spec"] for o in rendered(name) if o["kind"] == "NetworkPolicy"}
     nodes = policies["bakeoff-training-nodes"]
@@ -373,9 +375,10 @@ def test_should_expose_the_gpu_pool_in_the_spec_shape():
     objects = rendered("defaults")
     pool = next(o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"] == "bakeoff-gpu-pool")
     resources = yaml.safe_load(pool["data"]["resources.yaml"])
+    cluster = pytest.importorskip("bakeoff.cluster")
     parsed = spec_mod.ResourcesSpec.model_validate(resources)
-    assert parsed.finetune.effective_node_selector() == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
-    assert json.loads(pool["data"]["GPU_NODE_SELECTOR"]) == parsed.finetune.effective_node_selector()
+    assert cluster.node_selector(parsed.finetune) == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert json.loads(pool["data"]["GPU_NODE_SELECTOR"]) == cluster.node_selector(parsed.finetune)
 
 
 # --- pipelines upload and GitOps runs -----------------------------------------------------------------
@@ -484,6 +487,7 @@ def test_should_pass_yamllint_on_the_repository_and_the_rendered_chart(rendered_
 
 
 def dockerfiles() -> list[Path]:
+    # images/Dockerfile builds all five stage images (--build-arg STAGE=<stage>, see images/build.sh)
     return sorted((ROOT / "images").rglob("Dockerfile*"))
 
 
@@ -491,6 +495,7 @@ def test_should_pass_hadolint_on_every_dockerfile():
     files = dockerfiles()
     if not files:
         pytest.skip("no Dockerfile under images/")
+    assert ROOT / "images" / "Dockerfile" in files, files
     done = subprocess.run([tool("hadolint"), "--failure-threshold", "warning", *map(str, files)],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -6,20 +6,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from judge_stub import COMPLETION_TOKENS, NORMAL_REPLY, PROMPT_TOKENS, serve
 from s3_fixture import free_port
 
+from bakeoff import endpoints
+from bakeoff.artifacts import read_evaluation
 from bakeoff.errors import EvaluationError
 from bakeoff.evaluate import evaluate
-from bakeoff.evaluate import judge as judge_module
-from bakeoff.evaluate.evaluate import adapter_guard, metric_status, read_evaluation, summarise
+from bakeoff.evaluate.evaluate import adapter_guard, metric_status, summarise
 from bakeoff.evaluate.judge import PROMPT_VERSION, SYSTEM_PROMPT, Judge, parse_rating
 from bakeoff.evaluate.metrics import exact_match, normalise_answer
-from bakeoff.evaluate.stats import mean_ci95
 from bakeoff.spec import EvaluationSpec, JudgeSpec
+from bakeoff.stats import mean_ci95
 
 # --- metrics ---------------------------------------------------------------------------------------
 
@@ -137,7 +137,7 @@ def judge_server():
 def backoff_sleeps(monkeypatch) -> list[float]:
     """Skip the judge's backoff sleeps (recording them) so retry tests stay fast."""
     sleeps: list[float] = []
-    monkeypatch.setattr(judge_module, "time", SimpleNamespace(sleep=sleeps.append))
+    monkeypatch.setattr(endpoints, "sleep", sleeps.append)
     return sleeps
 
 
@@ -260,8 +260,8 @@ def test_judge_cache_key_depends_on_model_and_triple(judge_server, tmp_path):
 def test_judge_default_cache_is_under_bakeoff_cache(judge_server, tmp_path):
     judge = Judge(_spec(judge_server.base_url))
     judge.judge_one(*ITEMS[0])
-    assert judge.cache_dir == tmp_path / "cache" / "judge"
-    assert len(list(judge.cache_dir.rglob("*.json"))) == 1
+    assert judge.cache.root == tmp_path / "cache" / "judge"
+    assert len(list(judge.cache.root.rglob("*.json"))) == 1
 
 
 def test_judge_always_500_counts_every_item(judge_server, tmp_path, backoff_sleeps):

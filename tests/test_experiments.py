@@ -7,8 +7,8 @@ import sqlite3
 import pytest
 from conftest import ROOT
 
+from bakeoff.artifacts import SPLITS, read_split
 from bakeoff.cli import main
-from bakeoff.data.prepare import SPLITS, read_split
 from bakeoff.spec import load_spec
 
 OFFLINE = ["smoke.yaml", "smoke-sql.yaml", "smoke-viggo.yaml"]

@@ -7,13 +7,8 @@ import sqlite3
 
 import pytest
 
-from bakeoff.data.fixtures import (
-    DOMAINS,
-    iter_sql_records,
-    iter_viggo_records,
-    write_sql_fixture,
-    write_viggo_fixture,
-)
+from bakeoff.fixtures.sql import DOMAINS, iter_sql_records, write_sql_fixture
+from bakeoff.fixtures.viggo import iter_viggo_records, write_viggo_fixture
 from bakeoff.jsonl import read_jsonl
 
 MR = re.compile(r"^(\w+)\((\w+\[[^\]]*\](, )?)+\)$")

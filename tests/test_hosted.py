@@ -11,19 +11,21 @@ from conftest import ROOT
 from judge_stub import serve as serve_judge
 from openai_stub import serve
 
-from bakeoff.data.prepare import prepare_data, read_split
+from bakeoff import cluster
+from bakeoff.artifacts import read_generations, read_split
+from bakeoff.cli import plan
+from bakeoff.data.prepare import prepare_data
 from bakeoff.errors import SpecError, TrainingError
 from bakeoff.evaluate import evaluate
 from bakeoff.generate import generate
-from bakeoff.generate.generate import read_generations
 from bakeoff.report import report
 from bakeoff.spec import load_spec, parse_spec
+from bakeoff.templates import chat_messages
 from bakeoff.train.hosted import (
     auto_epochs,
     chat_example,
     estimate_cost,
     parse_result_csv,
-    prompt_messages,
     state_location,
 )
 from bakeoff.train.launch import finetune_arm
@@ -106,10 +108,10 @@ def test_a_hosted_job_trains_generates_is_scored_and_reported(prepared, env):
 
         # generation: the fine-tuned model for the fine-tuned variant, the base model for the others
         test = read_split(prepared, "test")
-        api.answers = {prompt_messages(ex, spec.data.template)[-1]["content"]: ex["reference"] for ex in test[:30]}
+        api.answers = {chat_messages(ex, spec.data.template)[-1]["content"]: ex["reference"] for ex in test[:30]}
         arm = spec.arm("gpt-4o-mini")
         summary = generate(arm, spec.generation, spec.variants, prepared, env / "model", env / "gen",
-                           template=spec.data.template, seed=spec.seed)
+                           template=spec.data.template, seed=spec.seed, method="hosted")
         assert summary["finetuned_model"] == job["fine_tuned_model"] and summary["backend"] == "openai"
         assert set(api.chat_models) == {job["fine_tuned_model"], MODEL}
         rows = read_generations(env / "gen")
@@ -221,8 +223,8 @@ def test_status_checks_that_fail_for_a_while_are_retried(prepared, env):
 
 def test_a_missing_api_key_says_which_variable(prepared, env, monkeypatch):
     monkeypatch.delenv(KEY_ENV)
-    with pytest.raises(TrainingError, match=f"needs an API key in \\${KEY_ENV}"):
-        finetune_arm(hosted_spec("http://127.0.0.1:9/v1"), "gpt-4o-mini", prepared, env / "model")
+    with pytest.raises(TrainingError, match=f"arms\\[0\\].hosted at .* needs an API key: set {KEY_ENV}"):
+        finetune_arm(hosted_spec("https://api.example.invalid/v1"), "gpt-4o-mini", prepared, env / "model")
 
 
 def test_generate_without_the_fine_tuned_model_id_is_an_error(prepared, env):
@@ -232,7 +234,7 @@ def test_generate_without_the_fine_tuned_model_id_is_an_error(prepared, env):
     (env / "model").mkdir()
     with pytest.raises(ModelError, match="no fine-tuned model id"):
         generate(spec.arm("gpt-4o-mini"), spec.generation, ["fine-tuned"], prepared, env / "model", env / "gen",
-                 template=spec.data.template)
+                 template=spec.data.template, method="hosted")
 
 
 # --- the pieces -------------------------------------------------------------------------------------------
@@ -250,7 +252,7 @@ def test_chat_examples_and_the_estimate():
     assert line == {"messages": [{"role": "system", "content": "Be brief."},
                                  {"role": "user", "content": "[INST] Say hi [/INST]"},
                                  {"role": "assistant", "content": "hi"}]}
-    shots = prompt_messages(example, "llama2-inst", shots=[{"prompt": "<s>[INST] a [/INST]", "reference": "b"}])
+    shots = chat_messages(example, "llama2-inst", shots=[{"prompt": "<s>[INST] a [/INST]", "reference": "b"}])
     assert [m["role"] for m in shots] == ["user", "assistant", "user"]
     spec = hosted_spec("http://x/v1", epochs=4, usd_per_1m_training_tokens=10.0).arm("gpt-4o-mini").hosted
     # 3 per example; per message 4 + ceil(chars / 3): 9/3=3, 21/3=7, 2/3->1
@@ -317,7 +319,7 @@ def test_hosted_defaults_and_plan():
     assert arm.hosted.batch_size == "auto" and arm.hosted.max_cost_usd == 20 and arm.hosted.api_key_env == \
         "OPENAI_API_KEY"
     assert "gpt: gpt-4o-mini-2024-07-18 | hosted fine-tuning (openai at https://api.openai.com/v1), epochs 3" in \
-        spec.plan()
+        plan(spec)
     assert parse_spec(json.loads(spec.to_json())) == spec
 
 
@@ -327,10 +329,11 @@ def test_the_hosted_key_secret_reaches_finetune_and_generate():
                                  secrets={"judge_api_key": {"name": "judge", "key": "k"}},
                                  evaluation={"judge": {"base_url": "http://j/v1", "model": "m",
                                                        "api_key_env": "JUDGE_KEY"}}))
-    assert ("openai", "api-key", "OPENAI_API_KEY") in spec.secret_env("finetune")
-    assert ("openai", "api-key", "OPENAI_API_KEY") in spec.secret_env("generate")
-    assert ("judge", "k", "JUDGE_KEY") in spec.secret_env("generate")
-    assert all(env != "OPENAI_API_KEY" for _, _, env in spec.secret_env("evaluate") + spec.secret_env("prepare"))
+    assert ("openai", "api-key", "OPENAI_API_KEY") in cluster.secret_env(spec, "finetune")
+    assert ("openai", "api-key", "OPENAI_API_KEY") in cluster.secret_env(spec, "generate")
+    assert ("judge", "k", "JUDGE_KEY") in cluster.secret_env(spec, "generate")
+    elsewhere = cluster.secret_env(spec, "evaluate") + cluster.secret_env(spec, "prepare")
+    assert all(env != "OPENAI_API_KEY" for _, _, env in elsewhere)
     # the judge's Secret and the hosted arm's on the same variable in one pod: an error, not a silent pick
     with pytest.raises(SpecError, match="secrets: OPENAI_API_KEY would come from 2 Secret keys in the generate"):
         parse_spec(_spec_with({**HOSTED, "hosted": {"usd_per_1m_training_tokens": 3, "api_key_secret": secret}},

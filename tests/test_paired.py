@@ -7,8 +7,8 @@ import json
 import pytest
 
 from bakeoff.evaluate import evaluate
-from bakeoff.evaluate.stats import paired_difference
 from bakeoff.spec import EvaluationSpec
+from bakeoff.stats import paired_difference
 
 
 def test_clear_improvement_is_significant():

@@ -6,22 +6,25 @@ import pytest
 from judge_stub import serve
 from s3_fixture import free_port
 
+from bakeoff.endpoints import check_reachable
 from bakeoff.errors import EvaluationError
-from bakeoff.evaluate.evaluate import preflight
-from bakeoff.evaluate.judge import Judge, check_endpoint
+from bakeoff.evaluate.judge import Judge
 from bakeoff.spec import EvaluationSpec, JudgeSpec
+from bakeoff.stages import preflight
 
 
 def test_a_live_local_endpoint_passes_without_a_key(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     with serve() as server:
-        check_endpoint(JudgeSpec(base_url=server.base_url, model="j", max_retries=0))
+        check_reachable(JudgeSpec(base_url=server.base_url, model="j", max_retries=0), "evaluation.judge",
+                        error=EvaluationError)
 
 
 def test_a_remote_endpoint_without_its_key_fails_before_calling(monkeypatch):
     monkeypatch.delenv("JUDGE_KEY", raising=False)
     with pytest.raises(EvaluationError, match="needs an API key: set JUDGE_KEY"):
-        check_endpoint(JudgeSpec(base_url="https://judge.example.com/v1", model="j", api_key_env="JUDGE_KEY"))
+        check_reachable(JudgeSpec(base_url="https://judge.example.com/v1", model="j", api_key_env="JUDGE_KEY"),
+                        "evaluation.judge", error=EvaluationError)
 
 
 def test_a_dead_endpoint_fails_after_bounded_retries():

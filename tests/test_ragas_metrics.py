@@ -9,7 +9,8 @@ from s3_fixture import free_port
 pytest.importorskip("ragas")
 
 from bakeoff.errors import EvaluationError  # noqa: E402
-from bakeoff.evaluate.ragas_metrics import RagasScorer, RagasSettings  # noqa: E402
+from bakeoff.evaluate.ragas_metrics import RagasScorer  # noqa: E402
+from bakeoff.spec import ModelEndpoint  # noqa: E402
 
 Q = "What is the capital of France?"
 REF = "Paris is the capital of France."
@@ -17,10 +18,12 @@ RIGHT = "Paris is the capital of France."
 WRONG = "Berlin is a large city. It rains there often."
 
 
-def scorer(base_url: str, tmp_path, embed_fn=None, **settings) -> RagasScorer:
-    settings = {"llm_model": "judge-llm", "embeddings_model": "bow-64", "max_retries": 0, "timeout_s": 10, **settings}
-    return RagasScorer(RagasSettings(llm_base_url=base_url, **settings), embed_fn=embed_fn,
-                       cache_dir=tmp_path / "ragas")
+def scorer(base_url: str, tmp_path, embed_fn=None, llm_model="judge-llm", embeddings_model="bow-64",
+           embeddings_base_url=None, **settings) -> RagasScorer:
+    settings = {"max_retries": 0, "timeout_s": 10, **settings}
+    llm = ModelEndpoint(base_url=base_url, model=llm_model, **settings)
+    embeddings = llm.model_copy(update={"base_url": embeddings_base_url or base_url, "model": embeddings_model})
+    return RagasScorer(llm, embeddings, embed_fn=embed_fn, cache_dir=tmp_path / "ragas")
 
 
 def embedding_requests(server) -> int:

@@ -10,7 +10,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from bakeoff import cluster
 from bakeoff.cli import main
+from bakeoff.cli import plan as cli_plan
 from bakeoff.errors import SpecError
 from bakeoff.spec import (
     ExperimentSpec,
@@ -235,7 +237,7 @@ def test_load_spec_bad_yaml_and_missing_file(tmp_path):
 
 def test_plan_mentions_metrics_and_counts():
     spec = load_spec(ROOT / "experiments" / "smoke.yaml")
-    plan = spec.plan()
+    plan = cli_plan(spec)
     assert "judge (not configured: no evaluation.judge)" in plan
     assert "plan: 2 fine-tuning runs, 6 generation runs of 100 test samples, 12 arm x variant x metric cells" in plan
     assert "tiny-mixtral: tiny://mixtral | lora r=16 alpha=32 dropout=0" in plan
@@ -294,14 +296,14 @@ def test_stage_resource_defaults():
     assert finetune.gpu is not None
     assert finetune.gpu.type == "nvidia.com/gpu"
     assert finetune.gpu.count == 1
-    assert finetune.effective_node_selector() == {"nvidia.com/gpu.product": finetune.gpu.product}
-    tolerations = finetune.effective_tolerations()
+    assert cluster.node_selector(finetune) == {"nvidia.com/gpu.product": finetune.gpu.product}
+    tolerations = cluster.tolerations(finetune)
     assert tolerations == [Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")]
     assert res.generate.gpu is not None
     for cpu_stage in (res.prepare, res.evaluate, res.report):
         assert cpu_stage.gpu is None
-        assert cpu_stage.effective_node_selector() == {}
-        assert cpu_stage.effective_tolerations() == []
+        assert cluster.node_selector(cpu_stage) == {}
+        assert cluster.tolerations(cpu_stage) == []
 
 
 def test_stage_resource_overrides():
@@ -310,14 +312,14 @@ def test_stage_resource_overrides():
         "node_selector": {"pool": "gpu"},
         "tolerations": [],
     })
-    assert stage.effective_node_selector() == {"pool": "gpu"}
-    assert stage.effective_tolerations() == []
+    assert cluster.node_selector(stage) == {"pool": "gpu"}
+    assert cluster.tolerations(stage) == []
     only_gpu = StageResources.model_validate({"gpu": {"product": "NVIDIA-H100-80GB-HBM3"}})
-    assert only_gpu.effective_node_selector() == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert cluster.node_selector(only_gpu) == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
 
 
 def test_smoke_spec_resources():
     spec = load_spec(ROOT / "experiments" / "smoke.yaml")
     assert spec.resources.finetune.memory == "32Gi"
-    assert spec.resources.finetune.effective_node_selector() == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
+    assert cluster.node_selector(spec.resources.finetune) == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert spec.resources.prepare.gpu is None

@@ -113,7 +113,8 @@ generate:
 
 
 def test_the_clusters_gpu_pool_fills_what_the_spec_leaves_unset(fake_kfp, monkeypatch, tmp_path):
-    from bakeoff.spec import apply_resource_defaults, load_spec
+    from bakeoff.cluster import apply_resource_defaults
+    from bakeoff.spec import load_spec
 
     pool = tmp_path / "resources.yaml"
     pool.write_text(POOL)

@@ -6,11 +6,12 @@ import json
 
 import pytest
 
-from bakeoff.data.prepare import prepare_data, read_split
-from bakeoff.data.templates import TEMPLATES, get_template
+from bakeoff.artifacts import read_split
+from bakeoff.data.prepare import prepare_data
 from bakeoff.errors import ModelError, SpecError
 from bakeoff.generate.generate import chat_prompt, few_shot_prompt
 from bakeoff.spec import DataSource, DataSpec, SplitSpec, parse_spec
+from bakeoff.templates import TEMPLATES, get_template
 
 LLAMA2 = ("<s>[INST] Below is an instruction that describes a task. Write a response that appropriately "
           "completes the request.\n\n{body} [/INST]\n\n")
@@ -100,8 +101,8 @@ def test_every_builtin_template_is_tested():
 def test_chat_template_trains_and_generates_end_to_end(tmp_path, cache_env):
     from transformers import AutoTokenizer
 
+    from bakeoff.artifacts import read_generations
     from bakeoff.generate import generate
-    from bakeoff.generate.generate import read_generations
     from bakeoff.models.tiny import build_tiny_model
     from bakeoff.train import finetune
 
@@ -127,6 +128,6 @@ def test_chat_template_trains_and_generates_end_to_end(tmp_path, cache_env):
     result = finetune(arm, spec.training, spec.arm_peft(arm), tmp_path / "data", tmp_path / "model")
     assert result.steps == 4 and result.loss_history["validation"]
     generate(arm, spec.generation, spec.variants, tmp_path / "data", tmp_path / "model" / "adapter",
-             tmp_path / "gen", template=spec.data.template)
+             tmp_path / "gen", template=spec.data.template, method=spec.arm_method(arm))
     rows = read_generations(tmp_path / "gen")
     assert len(rows) == 12 and {r["variant"] for r in rows} == set(spec.variants)

@@ -7,10 +7,11 @@ import json
 import pytest
 import yaml
 
+from bakeoff.artifacts import read_generations
 from bakeoff.data.prepare import prepare_data
 from bakeoff.errors import SpecError
 from bakeoff.generate import generate
-from bakeoff.generate.generate import few_shot_prompt, read_generations
+from bakeoff.generate.generate import few_shot_prompt
 from bakeoff.spec import GenerationSpec, parse_spec
 from bakeoff.train import finetune
 from bakeoff.train.finetune import resolve_precision
@@ -56,7 +57,8 @@ def test_finetune_records_losses_time_and_adapter(trained):
 def test_generate_every_variant_from_the_saved_adapter(trained):
     spec, root, _ = trained
     summary = generate(spec.arm("tiny-llama"), spec.generation, spec.variants, root / "data",
-                       root / "model" / "adapter", root / "gen", template=spec.data.template, seed=spec.seed)
+                       root / "model" / "adapter", root / "gen", template=spec.data.template, seed=spec.seed,
+                       method="lora")
     rows = read_generations(root / "gen")
     assert len(rows) == 12 * 3 and summary["samples"] == 12
     assert {r["variant"] for r in rows} == set(spec.variants)
@@ -73,8 +75,9 @@ def test_batched_generation_matches_one_at_a_time(trained, tmp_path):
     spec, root, _ = trained
     arm = spec.arm("tiny-llama")
     one = spec.generation.model_copy(update={"batch_size": 1})
-    generate(arm, one, ["base-zero-shot"], root / "data", None, tmp_path / "one", seed=spec.seed)
-    generate(arm, spec.generation, ["base-zero-shot"], root / "data", None, tmp_path / "many", seed=spec.seed)
+    generate(arm, one, ["base-zero-shot"], root / "data", None, tmp_path / "one", seed=spec.seed, method="lora")
+    generate(arm, spec.generation, ["base-zero-shot"], root / "data", None, tmp_path / "many", seed=spec.seed,
+             method="lora")
     assert [r["answer"] for r in read_generations(tmp_path / "one")] == \
         [r["answer"] for r in read_generations(tmp_path / "many")]
 
@@ -104,7 +107,7 @@ def test_generate_through_an_openai_compatible_endpoint(trained, tmp_path):
             **spec.generation.model_dump(), "backend": "openai",
             "endpoint": {"base_url": server.base_url, "base_model": "org/base-model"}})
         summary = generate(spec.arm("tiny-llama"), generation, ["fine-tuned", "base-zero-shot"], root / "data",
-                           None, tmp_path / "gen")
+                           None, tmp_path / "gen", method="lora")
         sent = server.requests
     rows = read_generations(tmp_path / "gen")
     assert summary["backend"] == "openai" and sent == 24

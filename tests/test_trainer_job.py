@@ -22,6 +22,7 @@ from conftest import ROOT
 from kubernetes.client import ApiException
 from s3_fixture import free_port
 
+from bakeoff import cluster
 from bakeoff.data.prepare import prepare_data
 from bakeoff.errors import SpecError, TrainingError
 from bakeoff.images import image_for
@@ -74,8 +75,9 @@ def test_trainjob_carries_placement_resources_secrets_and_the_training_command()
                                            "limits": {"nvidia.com/gpu": "8", "cpu": "32", "memory": "512Gi"}}
     assert trainer["command"][:3] == ["python", "-m", "torch.distributed.run"]
     uri = f"s3://ckpt/runs/{spec.name}/{arm.name}/job"
-    assert trainer["command"][3:] == ["-m", "bakeoff.cli", "finetune", "env:BAKEOFF_SPEC_JSON", "--arm", arm.name,
-                                      "--data", f"{uri}/data", "--out", f"{uri}/result", "--processes", "1"]
+    # the training worker (python -m bakeoff.train.worker), never the user CLI
+    assert trainer["command"][3:] == ["-m", "bakeoff.train.worker", "--spec", "env:BAKEOFF_SPEC_JSON", "--arm",
+                                      arm.name, "--data", f"{uri}/data", "--out", f"{uri}/result"]
     env = pod_env(trainer["env"])
     assert json.loads(env["BAKEOFF_SPEC_JSON"]) == json.loads(spec.to_json())
     assert env["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
@@ -86,7 +88,8 @@ def test_trainjob_carries_placement_resources_secrets_and_the_training_command()
 
     (override,) = m["spec"]["podTemplateOverrides"]
     assert override["targetJobs"] == [{"name": "node"}]
-    assert override["metadata"]["labels"] == tj.POD_LABELS  # what the chart's NetworkPolicy selects
+    # what the chart's NetworkPolicy selects
+    assert override["metadata"]["labels"] == cluster.pod_labels(cluster.TRAINING_NODE)
     pod = override["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
@@ -135,7 +138,7 @@ def test_runtime_patches_carry_the_same_pod_settings():
     (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
     pod = job["template"]["spec"]["template"]["spec"]
     assert job["name"] == "node" and pod["serviceAccountName"] == "bk"
-    assert job["template"]["spec"]["template"]["metadata"]["labels"] == tj.POD_LABELS
+    assert job["template"]["spec"]["template"]["metadata"]["labels"] == cluster.pod_labels(cluster.TRAINING_NODE)
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
 
@@ -150,7 +153,8 @@ def test_pytorchjob_for_the_older_operator():
     assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 3
     assert m["spec"]["nprocPerNode"] == "4"
     for role in ("Master", "Worker"):
-        assert tj.POD_LABELS.items() <= replicas[role]["template"]["metadata"]["labels"].items()
+        labels = replicas[role]["template"]["metadata"]["labels"]
+        assert cluster.pod_labels(cluster.TRAINING_NODE).items() <= labels.items()
         pod = replicas[role]["template"]["spec"]
         assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
         assert pod["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "ml",

@@ -14,35 +14,59 @@ import sys
 from pathlib import Path
 
 from bakeoff import __version__
-from bakeoff.errors import BakeoffError, SpecError
-from bakeoff.spec import load_spec
+from bakeoff.errors import BakeoffError, exit_code
+from bakeoff.spec import ExperimentSpec, load_spec
 
 log = logging.getLogger("bakeoff")
 
 
 def _cmd_validate(args) -> int:
     spec = load_spec(args.spec)
-    print(spec.plan())
+    print(plan(spec))
     return 0
 
 
-def _cluster_spec(path: str):
-    """The spec, with the GPU pool defaults of the cluster it is submitted to (``BAKEOFF_GPU_POOL``: a
-    ``{stage: resources}`` YAML such as the Helm chart's ``bakeoff-gpu-pool`` ConfigMap) where it sets none."""
-    import yaml
+def plan(spec: ExperimentSpec) -> str:
+    """A human-readable plan: arms x variants x metrics, data and training in one screen."""
+    lines = [f"experiment {spec.name} (seed {spec.seed})"]
+    sp = spec.data.split
+    template = spec.data.template if isinstance(spec.data.template, str) else "user"
+    lines.append(f"data: {', '.join(s.uri for s in spec.data.sources)} | template {template} | split "
+                 f"{sp.train}/{sp.validation}/{sp.test}")
+    t = spec.training
+    steps = f"max_steps {t.max_steps}" if t.max_steps else f"epochs {t.epochs:g}"
+    lines.append(
+        f"training: {steps}, batch {t.batch_size}x{t.gradient_accumulation_steps}, lr {t.learning_rate:g}, "
+        f"warmup {t.warmup_ratio:g}, max_seq_length {t.max_seq_length}, precision {t.precision}"
+    )
+    lines.append(f"arms ({len(spec.arms)}):")
+    for arm in spec.arms:
+        if arm.is_hosted:
+            h = arm.hosted
+            lines.append(f"  - {arm.name}: {arm.model} | hosted fine-tuning ({arm.kind} at {h.base_url}), epochs "
+                         f"{h.epochs}, ${h.usd_per_1m_training_tokens:g}/1M trained tokens, at most "
+                         f"${h.max_cost_usd:g}")
+            continue
+        p = spec.arm_peft(arm)
+        lines.append(f"  - {arm.name}: {arm.model} | {p.method} r={p.r} alpha={p.alpha:g} dropout={p.dropout:g}")
+    lines.append(f"variants: {', '.join(spec.variants)}")
+    judge = spec.evaluation.judge
+    notes = [("judge (not configured: no evaluation.judge)" if judge is None else
+              f"judge ({judge.model} at {judge.base_url})") if m == "judge" else m for m in spec.evaluation.metrics]
+    lines.append(f"metrics: {', '.join(notes)}")
+    n = len(spec.arms) * len(spec.variants)
+    lines.append(
+        f"plan: {len(spec.arms)} fine-tuning runs, {n} generation runs of {sp.test} test samples, "
+        f"{n * len(spec.evaluation.metrics)} arm x variant x metric cells"
+    )
+    return "\n".join(lines)
 
-    from bakeoff.spec import apply_resource_defaults
 
-    spec = load_spec(path)
-    pool = os.environ.get("BAKEOFF_GPU_POOL")
-    if not pool:
-        return spec
-    try:
-        defaults = yaml.safe_load(Path(pool).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise SpecError(f"cannot read the GPU pool defaults: {exc}", pool) from exc
-    log.info("resources the spec leaves unset come from %s", pool)
-    return apply_resource_defaults(spec, defaults, pool)
+def _cluster_spec(path: str) -> ExperimentSpec:
+    """The spec, with the GPU pool defaults of the cluster it is submitted to (``BAKEOFF_GPU_POOL``)."""
+    from bakeoff.cluster import with_gpu_pool
+
+    return with_gpu_pool(load_spec(path), os.environ.get("BAKEOFF_GPU_POOL"))
 
 
 def _cmd_compile(args) -> int:
@@ -95,63 +119,49 @@ def _submit(spec, host: str, args) -> int:
 
 
 def _cmd_prepare(args) -> int:
-    from bakeoff.data.prepare import prepare_for_arms
+    from bakeoff.stages import run_prepare
 
-    spec = load_spec(args.spec)
-    result = prepare_for_arms(spec.data, [arm.model for arm in spec.arms if not arm.is_hosted], spec.seed, args.out)
+    result = run_prepare(load_spec(args.spec), args.out)
     print(json.dumps(result.rows))
     return 0
 
 
 def _cmd_finetune(args) -> int:
-    from bakeoff.train.launch import finetune_arm, finetune_remote
+    from bakeoff.stages import run_finetune
 
-    spec = load_spec(args.spec)
-    if args.data.startswith("s3://") or args.out.startswith("s3://"):
-        result = finetune_remote(spec, args.arm, args.data, args.out, processes=args.processes)
-    else:
-        result = finetune_arm(spec, args.arm, args.data, args.out, processes=args.processes)
-    # one report: the launcher's (its ranks stay quiet), or rank 0's under a torchrun started by hand
-    if not os.environ.get("BAKEOFF_LAUNCHED") and os.environ.get("RANK", "0") == "0":
-        print(json.dumps(result.metrics()))
+    result = run_finetune(load_spec(args.spec), args.arm, args.data, args.out, processes=args.processes)
+    print(json.dumps(result.metrics()))
     return 0
 
 
 def _cmd_generate(args) -> int:
-    from bakeoff.generate import generate
+    from bakeoff.stages import run_generate
 
-    spec = load_spec(args.spec)
-    variants = spec.variants if args.model else [v for v in spec.variants if v != "fine-tuned"]
-    summary = generate(spec.arm(args.arm), spec.generation, variants, args.data, args.model, args.out,
-                       template=spec.data.template, seed=spec.seed)
+    summary = run_generate(load_spec(args.spec), args.arm, args.data, args.model, args.out)
     print(json.dumps(summary["seconds"]))
     return 0
 
 
 def _cmd_evaluate(args) -> int:
-    from bakeoff.evaluate import evaluate
+    from bakeoff.stages import run_evaluate
 
-    spec = load_spec(args.spec)
-    result = evaluate(args.arm, spec.evaluation, args.generations, args.out, seed=spec.seed)
+    result = run_evaluate(load_spec(args.spec), args.arm, args.generations, args.out)
     print(json.dumps(result["metrics"], indent=2))
     return 0
 
 
 def _cmd_report(args) -> int:
-    from bakeoff.report import write_report
+    from bakeoff.stages import run_report_from_results
 
-    try:
-        results = json.loads(Path(args.results).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BakeoffError(f"{args.results}: cannot read results JSON: {exc}") from exc
-    paths = write_report(results, args.out)
+    paths = run_report_from_results(args.results, args.out)
     print(f"report: {paths['html']}")
     return 0
 
 
 def _cmd_synth_data(args) -> int:
-    from bakeoff.data.fixtures import write_sql_fixture, write_viggo_fixture
-    from bakeoff.data.synthetic import write_smoke_dataset
+    from bakeoff.fixtures.smoke import write_smoke_dataset
+    from bakeoff.fixtures.sql import write_sql_fixture
+    from bakeoff.fixtures.viggo import write_viggo_fixture
 
     write = {"smoke": write_smoke_dataset, "sql": write_sql_fixture, "viggo": write_viggo_fixture}[args.kind]
     n = args.n or {"smoke": 1000, "sql": 400, "viggo": 400}[args.kind]
@@ -246,14 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per judge request otherwise
     try:
         return args.func(args)
-    except SpecError as exc:
-        where = f"{exc.source}: " if exc.source else ""
-        for message in exc.messages:
-            print(f"{where}{message}", file=sys.stderr)
-        return 2
     except BakeoffError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return exit_code(exc)
 
 
 if __name__ == "__main__":

@@ -37,3 +37,18 @@ class TrainingError(BakeoffError):
 
 class Preempted(BakeoffError):
     """The stage got SIGTERM and saved a checkpoint; a rerun resumes from it."""
+
+
+def exit_code(exc: BakeoffError, stream=None) -> int:
+    """Print ``exc`` the way an entry point shows a user error (no traceback) and return the exit status:
+    2 for an invalid spec (one line per error, naming the key path), 1 for any other error bakeoff raises."""
+    import sys
+
+    stream = stream or sys.stderr
+    if isinstance(exc, SpecError):
+        where = f"{exc.source}: " if exc.source else ""
+        for message in exc.messages:
+            print(f"{where}{message}", file=stream)
+        return 2
+    print(f"error: {exc}", file=stream)
+    return 1

@@ -12,7 +12,7 @@ import os
 from bakeoff import __version__
 
 STAGES = ("prepare", "finetune", "generate", "evaluate", "report")
-IMAGE_USER = 10001  # the non-root user every stage image runs as (images/<stage>/Dockerfile)
+IMAGE_USER = 10001  # the non-root user every stage image runs as (images/Dockerfile)
 DEFAULT_REGISTRY = "localhost:5000/bakeoff"
 
 

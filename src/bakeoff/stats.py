@@ -1,4 +1,5 @@
-"""Summary statistics: means with 95% percentile-bootstrap intervals."""
+"""Summary statistics every stage reports with: means with 95% percentile-bootstrap intervals, and paired
+differences with their interval and a sign-flip p-value."""
 
 from __future__ import annotations
 

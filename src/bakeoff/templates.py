@@ -20,6 +20,7 @@ its own ``bos`` and ``eos``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,18 +102,27 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
+class TemplateError(ValueError):
+    """A template of the spec's own is malformed; ``key`` is the template key at fault (``prompt``,
+    ``completion``, or empty for the template as a whole)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key, self.message = key, message
+
+
 def user_template(prompt: str, completion: str = "{response}", bos: str = "", eos: str = "</s>") -> Template:
-    """A template from the spec; a SpecError names the key when a placeholder is missing or unknown."""
+    """A template from the spec; a TemplateError names the key when a placeholder is missing or unknown."""
     if not any(p in prompt for p in PLACEHOLDERS):
-        raise SpecError(f"data.template.prompt: needs at least one of {', '.join(PLACEHOLDERS)}")
+        raise TemplateError("prompt", f"needs at least one of {', '.join(PLACEHOLDERS)}")
     if "{response}" not in completion:
-        raise SpecError("data.template.completion: needs {response}")
+        raise TemplateError("completion", "needs {response}")
     try:
         prompt.format(instruction="", input="", body="")
         completion.format(response="")
     except (KeyError, IndexError, ValueError) as exc:
-        raise SpecError(f"data.template: unknown or malformed placeholder {exc}; use {{instruction}}, "
-                        "{input}, {body} and {response}, and double other braces ({{ }})") from None
+        raise TemplateError("", f"unknown or malformed placeholder {exc}; use {{instruction}}, {{input}}, "
+                                "{body} and {response}, and double other braces ({{ }})") from None
     return Template(name="user", prompt_format=prompt, completion_format=completion, bos=bos, eos=eos)
 
 
@@ -127,4 +137,27 @@ def get_template(template: str | Any) -> Template:
             raise SpecError(
                 f"data.template: unknown template {template!r}; known: {', '.join(TEMPLATES)}"
             ) from None
-    return user_template(template.prompt, template.completion, template.bos, template.eos)
+    try:
+        return user_template(template.prompt, template.completion, template.bos, template.eos)
+    except TemplateError as exc:
+        raise SpecError(f"data.template{'.' + exc.key if exc.key else ''}: {exc.message}") from None
+
+
+def chat_messages(example: dict, template: Any, system_prompt: str | None = None,
+                  shots: Sequence[dict] = ()) -> list[dict[str, str]]:
+    """The chat messages that ask a prepared ``example``'s question (a hosted arm's prompt): an optional
+    system message, each shot as a user/assistant pair, then the example's templated prompt (without the
+    template's BOS text) as the user's message. Training and generation both use it, so the hosted model
+    sees what the open arms see."""
+    template = get_template(template)
+
+    def user(ex: dict) -> dict[str, str]:
+        text = ex["prompt"]
+        if template.bos and text.startswith(template.bos):
+            text = text[len(template.bos):]
+        return {"role": "user", "content": text.strip()}
+
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    for shot in shots:
+        messages += [user(shot), {"role": "assistant", "content": shot["reference"].strip()}]
+    return messages + [user(example)]

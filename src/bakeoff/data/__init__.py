@@ -1,1 +1,1 @@
-"""Data: sources, templates, the synthetic smoke set and the prepare stage."""
+"""The prepare stage: read the sources, check every record, filter, template and split (``prepare``)."""

@@ -37,15 +37,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakeoff.data.templates import get_template
+from bakeoff.artifacts import SPLITS, write_split, write_stats
 from bakeoff.errors import DataError, StorageError
-from bakeoff.jsonl import read_jsonl, write_jsonl
 from bakeoff.spec import DataSource, DataSpec
 from bakeoff.storage import download_s3_prefix, parse_hf_uri
+from bakeoff.templates import get_template
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 VIGGO_INSTRUCTION = (
     "Write the meaning representation (dialogue act and attribute slots) of this sentence about a video game:"
@@ -435,22 +434,13 @@ def prepare_data(data: DataSpec, seed: int, out_dir: str | Path, *, tokenizers: 
     }
     files = {}
     for name in SPLITS:
-        files[name] = write_jsonl(out / f"{name}.jsonl", parts[name]).name
+        files[name] = write_split(out, name, parts[name]).name
     rows = {name: len(part) for name, part in parts.items()}
     result = PrepareResult(str(out), rows_read, dropped, rows, unused=len(spare), files=files, leakage=leakage,
                            token_count=token_count, token_lengths=token_lengths)
-    stats = {k: v for k, v in result.to_dict().items() if k != "out_dir"}  # the same bytes wherever it is written
-    (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+    write_stats(out, {k: v for k, v in result.to_dict().items() if k != "out_dir"})  # the same bytes anywhere
     log.info("prepared %s (dropped %s)", rows, dropped)
     return result
-
-
-def read_split(data_dir: str | Path, split: str) -> list[dict]:
-    """The examples of one split written by ``prepare_data``."""
-    path = Path(data_dir) / f"{split}.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path}: missing; was the prepare stage run into {data_dir}?")
-    return read_jsonl(path)
 
 
 def prepare_for_arms(data: DataSpec, arm_models: Sequence[str], seed: int, out_dir: str | Path) -> PrepareResult:

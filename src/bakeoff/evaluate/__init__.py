@@ -1,4 +1,5 @@
-"""The evaluate stage: exact match and the LLM judge, with intervals and counted failures."""
+"""The evaluate stage: exact match, the LLM judge, RAGAS, SQL execution and meaning-representation accuracy,
+with intervals and counted failures."""
 
 from bakeoff.evaluate.evaluate import evaluate
 

@@ -1,66 +1,30 @@
 """The evaluate stage: score every generated answer, summarise per variant and metric.
 
-Output folder: ``samples.jsonl`` (per test example: answers and scores per variant, the judge's
+Output folder (``bakeoff.artifacts``): ``samples.jsonl`` (per test example: answers and scores per variant, the judge's
 explanation) and ``evaluation.json`` (per variant and metric: mean, 95% interval, n, failures,
 status; evaluation health: the adapter guard and the judge's counters).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from bakeoff import endpoints
+from bakeoff.artifacts import read_generations, write_evaluation
 from bakeoff.errors import EvaluationError
-from bakeoff.evaluate.judge import Judge, check_endpoint
+from bakeoff.evaluate.judge import Judge
 from bakeoff.evaluate.metrics import exact_match
-from bakeoff.evaluate.stats import mean_ci95, paired_difference
 from bakeoff.evaluate.viggo import mr_match, slot_scores
-from bakeoff.generate.generate import read_generations
-from bakeoff.jsonl import read_jsonl, write_jsonl
-from bakeoff.spec import EvaluationSpec
+from bakeoff.spec import RAGAS_METRICS as RAGAS
+from bakeoff.spec import SLOT_METRICS, EvaluationSpec, metric_names
+from bakeoff.stats import mean_ci95, paired_difference
 
 log = logging.getLogger(__name__)
 
 NOT_CONFIGURED = "not configured"
-
-
-RAGAS = ("answer_correctness", "answer_similarity")
-SLOT_METRICS = ("mr_slot_precision", "mr_slot_recall", "mr_slot_f1")
-
-
-def metric_names(evaluation: EvaluationSpec) -> list[str]:
-    """The metrics an evaluation reports: the spec's, with mr_match's slot scores beside it."""
-    names = []
-    for name in evaluation.metrics:
-        names.append(name)
-        if name == "mr_match":
-            names += SLOT_METRICS
-        if name == "judge" and evaluation.judge is not None and evaluation.judge.logprobs:
-            names.append("judge_weighted")
-    return names
-
-
-def ragas_settings(evaluation: EvaluationSpec):
-    """The RAGAS settings, filled from the judge's where the spec leaves them out; None if neither is set."""
-    from bakeoff.evaluate.ragas_metrics import RagasSettings
-
-    r, j = evaluation.ragas, evaluation.judge
-    base_url = (r and r.base_url) or (j and j.base_url)
-    model = (r and r.model) or (j and j.model)
-    if not base_url or not model:
-        return None
-    return RagasSettings(
-        llm_base_url=base_url, llm_model=model,
-        llm_api_key_env=(r and r.api_key_env) or (j and j.api_key_env) or "OPENAI_API_KEY",
-        embeddings_base_url=r.embeddings_base_url if r else None,
-        embeddings_model=r.embeddings_model if r else "text-embedding-3-small",
-        embeddings_api_key_env=r.embeddings_api_key_env if r else None,
-        concurrency=r.concurrency if r else 4, timeout_s=r.timeout_s if r else 60,
-        max_retries=r.max_retries if r else 3,
-    )
 
 
 def metric_status(evaluation: EvaluationSpec) -> dict[str, str]:
@@ -75,12 +39,6 @@ def metric_status(evaluation: EvaluationSpec) -> dict[str, str]:
         else:
             status[name] = "ok"
     return status
-
-
-def preflight(evaluation: EvaluationSpec) -> None:
-    """Check the configured endpoints before any paid work (training, generation) starts."""
-    if "judge" in evaluation.metrics and evaluation.judge is not None:
-        check_endpoint(evaluation.judge)
 
 
 def summarise(scores: list[float | None], seed: int) -> dict[str, Any]:
@@ -154,7 +112,6 @@ def evaluate(
             else:
                 summary[variant][name] = summarise([scores[i].get(name) for i in idx], seed)
 
-    write_jsonl(out / "samples.jsonl", _samples(arm, rows, scores, explanations, reasons))
     result = {
         "arm": arm,
         "metric_status": status,
@@ -163,7 +120,7 @@ def evaluate(
                                         seed),
         "health": {**adapter_guard(rows), "judge": judge_stats, **health_extra},
     }
-    (out / "evaluation.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    write_evaluation(out, result, _samples(arm, rows, scores, explanations, reasons))
     return result
 
 
@@ -203,7 +160,7 @@ def _score_sql(rows: list[dict], evaluation: EvaluationSpec, scores: dict, reaso
 def _score_ragas(rows: list[dict], evaluation: EvaluationSpec, scores: dict, reasons: dict) -> dict:
     from bakeoff.evaluate.ragas_metrics import RagasScorer
 
-    scorer = RagasScorer(ragas_settings(evaluation))
+    scorer = RagasScorer(evaluation.ragas_llm(), evaluation.ragas_embeddings())
     wanted = tuple(m for m in RAGAS if m in evaluation.metrics)
     values, why = scorer.score_many_with_reasons([(_question(r), r["reference"], r["answer"]) for r in rows],
                                                  metrics=wanted)
@@ -212,12 +169,8 @@ def _score_ragas(rows: list[dict], evaluation: EvaluationSpec, scores: dict, rea
         reasons[i].update(w)
     stats = scorer.stats.to_dict()
     # prices: the ragas section's, else the judge's (the same endpoint by default)
-    pin, pout = (next((getattr(s, key) for s in (evaluation.ragas, evaluation.judge)
-                       if s is not None and getattr(s, key) is not None), None)
-                 for key in ("usd_per_1m_input_tokens", "usd_per_1m_output_tokens"))
-    priced = pin is not None or pout is not None
-    cost = (stats["prompt_tokens"] * (pin or 0) + stats["completion_tokens"] * (pout or 0)) / 1e6
-    stats["cost_usd"] = round(cost, 6) if priced else None
+    stats["cost_usd"] = endpoints.cost_usd(stats["prompt_tokens"], stats["completion_tokens"],
+                                           *evaluation.ragas_prices())
     return {"version": scorer.version, **stats}
 
 
@@ -274,10 +227,3 @@ def _samples(arm: str, rows: list[dict], scores: dict, explanations: dict, reaso
         if i in explanations:
             s["judge_explanations"][r["variant"]] = explanations[i]
     return list(merged.values())
-
-
-def read_evaluation(eval_dir: str | Path) -> tuple[dict, list[dict]]:
-    """The ``evaluation.json`` summary and the samples an evaluate run wrote."""
-    eval_dir = Path(eval_dir)
-    summary = json.loads((eval_dir / "evaluation.json").read_text())
-    return summary, read_jsonl(eval_dir / "samples.jsonl")

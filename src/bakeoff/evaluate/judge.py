@@ -1,30 +1,24 @@
 """The LLM judge: reference-guided single-answer grading 1-10 over any OpenAI-compatible endpoint.
 
 Temperature 0; the rating is written as ``[[N]]``. Calls run with bounded concurrency and are
-retried with exponential backoff on 429, 5xx, timeouts and connection errors. Every reply is
-cached on disk, keyed by judge model, prompt version, question, reference and answer, so a rerun
-pays nothing. A reply without a rating is a counted parse failure, never a score.
+retried with exponential backoff on 429, 5xx, timeouts and connection errors (``bakeoff.endpoints``:
+the client, retries, counters and reply cache the judge shares with RAGAS). Every reply is cached on
+disk, keyed by judge model, prompt version, question, reference and answer, so a rerun pays nothing.
+A reply without a rating is a counted parse failure, never a score.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
-import random
 import re
-import tempfile
-import threading
-import time
 import unicodedata
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
+from bakeoff import endpoints
 from bakeoff.errors import EvaluationError
 from bakeoff.spec import JudgeSpec
 from bakeoff.storage import cache_root
@@ -50,31 +44,6 @@ USER_TEMPLATE = (
 )
 
 _RATING = re.compile(r"\[\[\s*([0-9]+(?:\.[0-9]+)?)\s*\]\]")
-
-
-def check_endpoint(spec: JudgeSpec, client=None) -> None:
-    """Fail before any paid work when the judge cannot be used: no API key for a remote endpoint, or an
-    endpoint that does not answer (after the spec's retries). Any HTTP answer counts as reachable."""
-    import openai
-
-    host = urlparse(spec.base_url).hostname or ""
-    local = host in ("localhost", "::1") or host.startswith("127.") or host.endswith(".svc") or \
-        host.endswith(".svc.cluster.local")
-    if not os.environ.get(spec.api_key_env) and not local:
-        raise EvaluationError(f"judge endpoint {spec.base_url} needs an API key: set {spec.api_key_env} "
-                              "(on Kubernetes, from the judge API key Secret)")
-    if client is None:
-        client = openai.OpenAI(base_url=spec.base_url, api_key=os.environ.get(spec.api_key_env) or "EMPTY",
-                               max_retries=spec.max_retries, timeout=min(spec.timeout_s, 30))
-    try:
-        client.models.list()
-    except (openai.APIConnectionError, openai.APITimeoutError) as exc:
-        raise EvaluationError(f"judge endpoint {spec.base_url} is unreachable ({exc}); check "
-                              "evaluation.judge.base_url and that the server is up") from exc
-    except openai.AuthenticationError as exc:
-        raise EvaluationError(f"judge endpoint {spec.base_url} rejected the API key; check {spec.api_key_env}") from exc
-    except openai.APIStatusError:
-        pass  # it answered (some servers have no /models)
 
 
 def parse_rating(text: str) -> float | None:
@@ -139,28 +108,9 @@ class Judgment:
     weighted: float | None = None  # expected rating over the rating token's probabilities (logprobs)
 
 
-@dataclass
-class JudgeStats:
-    """Counters shown in the report's evaluation health section."""
-
-    calls: int = 0
-    cached: int = 0
-    parse_failures: int = 0
-    errors: int = 0
-    retries: int = 0
-    unreachable: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, **counts: int) -> None:
-        with self._lock:
-            for key, value in counts.items():
-                setattr(self, key, getattr(self, key) + value)
-
-    def to_dict(self) -> dict[str, int]:
-        # Not asdict(): it deep-copies every field, and a lock cannot be copied.
-        return {f.name: getattr(self, f.name) for f in fields(self) if not f.name.startswith("_")}
+STATS = ("calls", "cached", "parse_failures", "errors", "retries", "unreachable", "prompt_tokens",
+         "completion_tokens")
+WHERE = "evaluation.judge"
 
 
 class Judge:
@@ -168,78 +118,34 @@ class Judge:
 
     def __init__(self, spec: JudgeSpec, cache_dir: str | Path | None = None, client=None):
         self.spec = spec
-        self.cache_dir = Path(cache_dir) if cache_dir else cache_root() / "judge"
-        self.stats = JudgeStats()
-        if client is None:
-            from openai import OpenAI
-
-            api_key = os.environ.get(spec.api_key_env)
-            if not api_key:
-                log.warning("judge: %s is not set; calling %s without an API key", spec.api_key_env, spec.base_url)
-            # Retries are ours (counted, with backoff), so the client's own are off.
-            client = OpenAI(base_url=spec.base_url, api_key=api_key or "EMPTY", max_retries=0, timeout=spec.timeout_s)
-        self.client = client
+        self.cache = endpoints.ReplyCache(cache_dir or cache_root() / "judge")
+        self.stats = endpoints.CallStats(*STATS)
+        # Retries are ours (counted, with backoff), so the client's own are off.
+        self.client = client or endpoints.client(spec, WHERE, max_retries=0, error=EvaluationError)
 
     def summary(self) -> dict[str, Any]:
         """The counters, plus what the calls made this run cost (None without prices in the spec)."""
         out: dict[str, Any] = self.stats.to_dict()
-        pin, pout = self.spec.usd_per_1m_input_tokens, self.spec.usd_per_1m_output_tokens
-        out["cost_usd"] = (round((out["prompt_tokens"] * (pin or 0) + out["completion_tokens"] * (pout or 0)) / 1e6, 6)
-                           if pin is not None or pout is not None else None)
+        out["cost_usd"] = endpoints.cost_usd(out["prompt_tokens"], out["completion_tokens"],
+                                             self.spec.usd_per_1m_input_tokens, self.spec.usd_per_1m_output_tokens)
         return out
 
     def cache_key(self, question: str, reference: str, answer: str) -> str:
         parts = [self.spec.model, PROMPT_VERSION, question, reference, answer]
         if self.spec.logprobs:  # such entries also hold the rating's logprobs
             parts.append("logprobs")
-        payload = json.dumps(parts, ensure_ascii=False)
-        return hashlib.sha256(payload.encode()).hexdigest()
-
-    def _cache_path(self, key: str) -> Path:
-        return self.cache_dir / key[:2] / f"{key}.json"
-
-    def _read_cache(self, key: str) -> dict | None:
-        path = self._cache_path(key)
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return None
-
-    def _write_cache(self, key: str, entry: dict) -> None:
-        path = self._cache_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(entry, fh, ensure_ascii=False)
-        os.replace(tmp, path)
+        return endpoints.ReplyCache.key(*parts)
 
     def _call(self, question: str, reference: str, answer: str) -> dict:
-        import openai
-
         messages = [
             {"role": "system", "content": SYSTEM_PROMPT},
             {"role": "user", "content": USER_TEMPLATE.format(question=question, reference=reference, answer=answer)},
         ]
-        attempt = 0
-        while True:
-            try:
-                extra = {"logprobs": True, "top_logprobs": 20} if self.spec.logprobs else {}
-                resp = self.client.chat.completions.create(
-                    model=self.spec.model, messages=messages, temperature=0, max_tokens=self.spec.max_tokens, **extra,
-                )
-                break
-            except (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
-                    openai.InternalServerError) as exc:
-                retryable = exc
-            except openai.APIStatusError as exc:
-                if exc.status_code < 500:
-                    raise
-                retryable = exc
-            if attempt >= self.spec.max_retries:
-                raise retryable
-            attempt += 1
-            self.stats.add(retries=1)
-            time.sleep(min(0.5 * 2 ** (attempt - 1), 8.0) * (0.5 + random.random() / 2))
+        extra = {"logprobs": True, "top_logprobs": 20} if self.spec.logprobs else {}
+        resp = endpoints.retrying(self.spec.max_retries, self.stats)(
+            self.client.chat.completions.create,
+            model=self.spec.model, messages=messages, temperature=0, max_tokens=self.spec.max_tokens, **extra,
+        )
         usage = resp.usage
         entry = {
             "reply": (resp.choices[0].message.content or "") if resp.choices else "",
@@ -254,11 +160,11 @@ class Judge:
     def judge_one(self, question: str, reference: str, answer: str) -> Judgment:
         """Grade one answer, from the cache when this exact triple was graded before."""
         key = self.cache_key(question, reference, answer)
-        entry = self._read_cache(key)
+        entry = self.cache.get(key)
         cached = entry is not None
         if entry is None:
             entry = self._call(question, reference, answer)
-            self._write_cache(key, entry)
+            self.cache.put(key, entry)
             self.stats.add(calls=1, prompt_tokens=entry["prompt_tokens"], completion_tokens=entry["completion_tokens"])
         else:
             self.stats.add(cached=1)
@@ -268,7 +174,6 @@ class Judge:
         weighted = weighted_rating(entry.get("rating_logprobs")) if self.spec.logprobs else None
         return Judgment(rating, entry["reply"], cached=cached, weighted=weighted,
                         error=None if rating is not None else "unparseable judge reply (no [[N]] rating from 1 to 10)")
-
     def judge_many(self, items: Sequence[tuple[str, str, str]]) -> list[Judgment]:
         """Grade many triples with ``concurrency`` workers; per-item API errors are counted failures.
 

@@ -7,12 +7,12 @@ greedy (temperature 0) with the same ``max_new_tokens`` for every variant.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from bakeoff import endpoints
 from bakeoff.errors import EvaluationError
-from bakeoff.spec import GenerationEndpoint
+from bakeoff.spec import Endpoint
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +40,26 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def endpoint_answers(endpoint: GenerationEndpoint, model: str, prompts: Sequence[str | list[dict]],
+def endpoint_answers(endpoint: Endpoint, where: str, api: str, model: str, prompts: Sequence[str | list[dict]],
                      max_new_tokens: int) -> list[dict]:
     """Greedy answers from an OpenAI-compatible server, ``endpoint.concurrency`` requests at a time.
 
-    A prompt is a text (with ``api: chat``, sent as the user's message) or, for ``api: chat``, a list of
-    chat messages sent as they are (a hosted arm's system message and few-shot turns).
+    ``api`` is ``completions`` or ``chat``. A prompt is a text (with ``chat``, sent as the user's message)
+    or, for ``chat``, a list of chat messages sent as they are (a hosted arm's system message and few-shot
+    turns). ``where`` is the endpoint's spec key, for the errors.
 
     The client retries 429, 5xx and timeouts ``max_retries`` times with backoff; a request that still
     fails ends the stage with the server's message (generation is not scored, so nothing is half-done).
     """
     import openai
 
-    client = openai.OpenAI(base_url=endpoint.base_url, api_key=os.environ.get(endpoint.api_key_env) or "EMPTY",
-                           timeout=endpoint.timeout_s, max_retries=endpoint.max_retries)
+    client = endpoints.client(endpoint, where, error=EvaluationError)
 
     def one(prompt: str) -> dict:
         try:
-            if endpoint.api == "completions" and isinstance(prompt, list):
-                raise EvaluationError("chat messages need generation endpoint api: chat")
-            if endpoint.api == "completions":
+            if api == "completions" and isinstance(prompt, list):
+                raise EvaluationError(f"{where}: chat messages need api: chat")
+            if api == "completions":
                 resp = client.completions.create(model=model, prompt=prompt, max_tokens=max_new_tokens, temperature=0)
                 choice = resp.choices[0]
                 text = choice.text or ""

@@ -5,7 +5,10 @@ disabled) and ``base-few-shot`` (adapter disabled, ``few_shot_k`` train examples
 question, drawn with the run's seed). The decoding settings are the same for all. A hosted arm
 (``kind: openai``) asks its provider through chat completions: the fine-tuned model for ``fine-tuned``,
 the arm's base model for the base variants.
-Output: ``generations.jsonl`` (one row per test example and variant) and ``generation.json``.
+Which weights the fine-tuned variant loads follows the spec's PEFT method (``method``): an adapter on
+the base (on the 4-bit base for QLoRA), or the complete model of a full fine-tune.
+Output (``bakeoff.artifacts``): ``generations.jsonl`` (one row per test example and variant) and
+``generation.json``.
 """
 
 from __future__ import annotations
@@ -19,16 +22,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bakeoff.data.prepare import read_split
-from bakeoff.data.templates import get_template
+from bakeoff.artifacts import finetuned_weights, hosted_model_id, read_split, write_generations
 from bakeoff.errors import ModelError
 from bakeoff.generate.backends import endpoint_answers, resolve_backend, vllm_answers
-from bakeoff.jsonl import read_jsonl, write_jsonl
-from bakeoff.models.loading import load_model, load_tokenizer, pick_device
+from bakeoff.models.loading import load_model, load_tokenizer, pick_device, quantization_config, resolve_model
 from bakeoff.spec import ArmSpec, GenerationSpec
+from bakeoff.storage import parse_hf_uri
+from bakeoff.templates import chat_messages, get_template
 
 log = logging.getLogger(__name__)
-
 
 
 def few_shots(variants, data_dir, generation, seed: int) -> list[dict]:
@@ -38,6 +40,7 @@ def few_shots(variants, data_dir, generation, seed: int) -> list[dict]:
         return []
     train = read_split(data_dir, "train")
     return random.Random(seed).sample(train, min(generation.few_shot_k, len(train)))
+
 
 def batched_greedy(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, batch_size: int) -> list[dict]:
     """Greedy answers for ``prompts``: left padding, batches of similar length, stop at end of sequence.
@@ -108,39 +111,37 @@ def generate(
     out_dir: str | Path,
     template: Any = "llama2-inst",
     seed: int = 42,
+    *,
+    method: str,
 ) -> dict:
     """Answer the test split with each variant; writes ``generations.jsonl`` and returns a summary.
 
-    ``finetuned_dir`` is the finetune stage's output (``adapter/`` for PEFT methods, ``model/`` for full
-    fine-tuning) or an adapter folder itself. A QLoRA adapter runs on the 4-bit base it was trained on,
-    and that quantized base is then also the base variants' model.
+    ``finetuned_dir`` is the finetune stage's output (or the weights' folder itself); ``method`` is the
+    arm's PEFT method from the spec (``hosted`` for a hosted arm). A QLoRA adapter runs on the 4-bit base
+    it was trained on, and that quantized base is then also the base variants' model.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     test = read_split(data_dir, "test")
     if arm.is_hosted:
         return _generate_hosted(arm, generation, variants, test, data_dir, finetuned_dir, out, template, seed)
-    adapter, full, quantized = _finetuned_artifact(finetuned_dir) if "fine-tuned" in variants else (None, None, False)
     backend = resolve_backend(generation.backend)
-    if backend != "openai" and "fine-tuned" in variants and adapter is None and full is None:
-        raise ModelError(f"arm {arm.name}: no fine-tuned adapter or model in {finetuned_dir}")
-    if backend == "vllm" and (quantized or full is not None):
+    weights = finetuned_weights(finetuned_dir, method) if "fine-tuned" in variants and backend != "openai" else None
+    if backend == "vllm" and method in ("qlora", "full"):
         log.info("arm %s: vLLM serves plain adapters here; a %s result generates with transformers", arm.name,
-                 "QLoRA" if quantized else "full fine-tuning")
+                 "QLoRA" if method == "qlora" else "full fine-tuning")
         backend = "transformers"
     chat = get_template(template).chat
     tokenizer = load_tokenizer(arm.model, trust_remote_code=arm.trust_remote_code) \
         if backend != "openai" or chat else None
     device = pick_device() if backend != "openai" else "endpoint"
     if backend == "transformers":
-        answer = _transformers_answerer(arm, generation, adapter, full, quantized, device, tokenizer)
+        answer = _transformers_answerer(arm, generation, weights, method, device, tokenizer)
     elif backend == "vllm":
-        answer = _vllm_answerer(arm, generation, adapter)
+        answer = _vllm_answerer(arm, generation, weights)
     else:
         answer = _endpoint_answerer(arm, generation)
-
     shots = few_shots(variants, data_dir, generation, seed)
-
     rows, timing = [], {}
     for variant in variants:
         if variant == "base-few-shot":
@@ -160,11 +161,10 @@ def generate(
 def _write(out: Path, arm: ArmSpec, generation: GenerationSpec, variants: Sequence[str], test: list[dict],
            rows: list[dict], timing: dict, shots: list[dict], **extra) -> dict:
     """Write ``generations.jsonl`` and ``generation.json``; return the summary."""
-    write_jsonl(out / "generations.jsonl", rows)
     summary = {"arm": arm.name, "model": arm.model, "variants": list(variants), "samples": len(test), **extra,
                "seconds": timing, "few_shot_ids": [s["id"] for s in shots],
                "decoding": {"greedy": True, **generation.model_dump(mode="json", exclude={"endpoint"})}}
-    (out / "generation.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_generations(out, rows, summary)
     return summary
 
 
@@ -179,25 +179,20 @@ def _generate_hosted(arm: ArmSpec, generation: GenerationSpec, variants: Sequenc
     """A hosted arm: chat completions from the provider, the fine-tuned model (its id from the finetune
     stage's ``training.json``) for the fine-tuned variant and the arm's base model for the others, with
     the same messages it was trained on (few-shot examples as earlier user/assistant turns)."""
-    from bakeoff.spec import GenerationEndpoint
-    from bakeoff.train.hosted import fine_tuned_model, prompt_messages
-
     hosted = arm.hosted
-    tuned = fine_tuned_model(finetuned_dir) if finetuned_dir is not None and "fine-tuned" in variants else None
+    tuned = hosted_model_id(finetuned_dir) if finetuned_dir is not None and "fine-tuned" in variants else None
     if "fine-tuned" in variants and tuned is None:
         raise ModelError(f"arm {arm.name}: no fine-tuned model id in {finetuned_dir}/training.json (hosted.fine_tuned"
                          "_model); was the finetune stage run for this hosted arm?")
-    endpoint = GenerationEndpoint(base_url=hosted.base_url, api_key_env=hosted.api_key_env, api="chat",
-                                  base_model=arm.model, finetuned_model=tuned, concurrency=hosted.concurrency,
-                                  timeout_s=hosted.timeout_s, max_retries=hosted.max_retries)
     shots = few_shots(variants, data_dir, generation, seed)
     rows, timing = [], {}
     for variant in variants:
-        conversations = [prompt_messages(ex, template, hosted.system_prompt,
-                                         shots if variant == "base-few-shot" else ()) for ex in test]
+        conversations = [chat_messages(ex, template, hosted.system_prompt,
+                                       shots if variant == "base-few-shot" else ()) for ex in test]
         model = tuned if variant == "fine-tuned" else arm.model
         started = time.perf_counter()
-        answers = endpoint_answers(endpoint, model, conversations, generation.max_new_tokens)
+        answers = endpoint_answers(hosted, f"arms[{arm.name}].hosted", "chat", model, conversations,
+                                   generation.max_new_tokens)
         timing[variant] = round(time.perf_counter() - started, 3)
         rows += [_answer_rows(ex, variant, ans) for ex, ans in zip(test, answers, strict=True)]
         log.info("arm %s, %s (%s): %d answers in %.1f s", arm.name, variant, model, len(answers), timing[variant])
@@ -205,23 +200,22 @@ def _generate_hosted(arm: ArmSpec, generation: GenerationSpec, variants: Sequenc
                   finetuned_model=tuned, base_url=hosted.base_url)
 
 
-def _transformers_answerer(arm, generation, adapter, full, quantized, device, tokenizer):
-    """Batched greedy decoding in this process; base variants run the same model with the adapter off."""
+def _transformers_answerer(arm, generation, weights, method, device, tokenizer):
+    """Batched greedy decoding in this process; base variants run the same model with the adapter off
+    (a full fine-tune is a second, complete model)."""
     from peft import PeftModel
 
     quant = None
-    if quantized:
+    if method == "qlora":
         import torch
-
-        from bakeoff.train.methods import quantization_config
 
         quant = quantization_config(torch.bfloat16 if device == "cuda" else torch.float32)
     model = load_model(arm.model, trust_remote_code=arm.trust_remote_code, device=device, quantization_config=quant)
     tuned = None
-    if adapter is not None:
-        model = PeftModel.from_pretrained(model, str(adapter))
-    elif full is not None:  # full fine-tuning: a second, complete model
-        tuned = load_model(str(full), device=device)
+    if weights is not None and method == "full":
+        tuned = load_model(str(weights), device=device)
+    elif weights is not None:
+        model = PeftModel.from_pretrained(model, str(weights))
     for m in filter(None, (model, tuned)):
         m.eval()
         m.generation_config.output_router_logits = False
@@ -242,8 +236,6 @@ def _vllm_answerer(arm, generation, adapter):
     from vllm import LLM
     from vllm.lora.request import LoRARequest
 
-    from bakeoff.models.loading import resolve_model
-
     resolved = resolve_model(arm.model)
     extra = {"revision": resolved.kwargs["revision"]} if "revision" in resolved.kwargs else {}
     if adapter is not None:
@@ -262,38 +254,13 @@ def _vllm_answerer(arm, generation, adapter):
 def _endpoint_answerer(arm, generation):
     """An OpenAI-compatible server: the base model's served name for base variants, the fine-tuned one's
     (a LoRA module named after the arm, or a hosted fine-tuned model) for the fine-tuned variant."""
-    from bakeoff.storage import parse_hf_uri
-
     endpoint = generation.endpoint
     base = endpoint.base_model or (parse_hf_uri(arm.model).repo_id if arm.model.startswith("hf://") else arm.model)
     tuned = endpoint.finetuned_model or arm.name
 
     def answer(variant: str, prompts: list[str]) -> list[dict]:
-        return endpoint_answers(endpoint, tuned if variant == "fine-tuned" else base, prompts,
+        model = tuned if variant == "fine-tuned" else base
+        return endpoint_answers(endpoint, "generation.endpoint", endpoint.api, model, prompts,
                                 generation.max_new_tokens)
 
     return answer
-
-
-def _finetuned_artifact(finetuned_dir: str | Path | None) -> tuple[Path | None, Path | None, bool]:
-    """(adapter folder, full model folder, trained on a 4-bit base) of a finetune output."""
-    if finetuned_dir is None:
-        return None, None, False
-    root = Path(finetuned_dir)
-    quantized = False
-    for training in (root / "training.json", root.parent / "training.json"):
-        if training.is_file():
-            quantized = bool(json.loads(training.read_text()).get("quantization"))
-            break
-    if (root / "adapter_config.json").is_file():
-        return root, None, quantized
-    if (root / "adapter" / "adapter_config.json").is_file():
-        return root / "adapter", None, quantized
-    if (root / "model" / "config.json").is_file():
-        return None, root / "model", False
-    return None, None, False
-
-
-def read_generations(gen_dir: str | Path) -> list[dict]:
-    """The rows ``generate`` wrote."""
-    return read_jsonl(Path(gen_dir) / "generations.jsonl")

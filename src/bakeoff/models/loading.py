@@ -112,3 +112,12 @@ def pick_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def quantization_config(compute_dtype):
+    """4-bit NF4 with double quantization (QLoRA): how a QLoRA arm's base is loaded, for training and for
+    generating with its adapter."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)

@@ -42,8 +42,8 @@ def build_tokenizer():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from bakeoff.data.synthetic import tokenizer_corpus
-    from bakeoff.data.templates import TEMPLATES
+    from bakeoff.fixtures.smoke import tokenizer_corpus
+    from bakeoff.templates import TEMPLATES
 
     corpus = tokenizer_corpus()
     template = TEMPLATES["llama2-inst"]  # the smoke experiment's; other text still tokenizes, byte-level

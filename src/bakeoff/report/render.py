@@ -6,6 +6,7 @@ matplotlib. Rendering is deterministic: the same results give byte-identical out
 
 from __future__ import annotations
 
+import functools
 import html
 import io
 import json
@@ -14,24 +15,33 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jinja2
-import matplotlib
-from markupsafe import Markup
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 log = logging.getLogger(__name__)
 
 VARIANT_ORDER = ("fine-tuned", "base-zero-shot", "base-few-shot")
 MAX_SAMPLES_PER_ARM = 20
-_ENV = jinja2.Environment(
-    loader=jinja2.PackageLoader("bakeoff.report", "templates"),
-    autoescape=True,
-    trim_blocks=True,
-    lstrip_blocks=True,
-    undefined=jinja2.StrictUndefined,
-)
+
+
+@functools.cache
+def _jinja():
+    """The page's template environment (jinja2 and matplotlib load on first use, not on import)."""
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("bakeoff.report", "templates"),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _fmt(value: Any, spec: str = "") -> str:
@@ -223,6 +233,7 @@ def _loss_svg(results: dict, arms: list[str]) -> str:
     histories = {arm: ((results.get("training") or {}).get(arm) or {}).get("loss_history") or {} for arm in arms}
     if not any(h.get("train") or h.get("validation") for h in histories.values()):
         return ""
+    plt = _pyplot()
     plt.rcParams["svg.hashsalt"] = "bakeoff"
     fig, ax = plt.subplots(figsize=(9, 4.5))
     try:
@@ -351,8 +362,10 @@ def _context(results: dict) -> dict[str, Any]:
 def render_html(results: dict) -> str:
     """Render results as one self-contained HTML document (inline CSS and SVG, no external references)."""
     ctx = _context(results)
+    from markupsafe import Markup
+
     ctx["loss_svg"] = Markup(_loss_svg(results, _arms(results)))
-    return _ENV.get_template("report.html.j2").render(**ctx)
+    return _jinja().get_template("report.html.j2").render(**ctx)
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:

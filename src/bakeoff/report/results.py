@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from bakeoff import __version__
-from bakeoff.evaluate.evaluate import metric_names, read_evaluation
-from bakeoff.evaluate.stats import paired_difference
-from bakeoff.spec import ArmSpec, ExperimentSpec
-from bakeoff.train.finetune import read_training
+from bakeoff.artifacts import read_evaluation, read_stats, read_training
+from bakeoff.spec import ExperimentSpec, metric_names
+from bakeoff.stats import paired_difference
 
 SCHEMA_VERSION = 1
 KEY_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "openai", "kfp")
@@ -49,7 +48,7 @@ def build_results(
             if variant not in summary["metrics"]:
                 continue
             rows.append({
-                "arm": arm.name, "variant": variant, "model": arm.model, "method": arm_method(spec, arm),
+                "arm": arm.name, "variant": variant, "model": arm.model, "method": spec.arm_method(arm),
                 "metrics": summary["metrics"][variant],
             })
         health[arm.name] = summary["health"]
@@ -122,11 +121,6 @@ def arm_costs(spec: ExperimentSpec, training: dict, health: dict, rows: list[dic
     return out
 
 
-def arm_method(spec: ExperimentSpec, arm: ArmSpec) -> str:
-    """How the arm was fine-tuned: its PEFT method, or ``hosted`` for a provider's fine-tuning job."""
-    return "hosted" if arm.is_hosted else spec.arm_peft(arm).method
-
-
 HOSTED_SETTINGS = ("epochs", "batch_size", "learning_rate_multiplier", "suffix", "system_prompt", "base_url")
 
 
@@ -150,7 +144,7 @@ def collect_results(
     spec: ExperimentSpec, data_dir: str | Path, model_dirs: list[str | Path], eval_dirs: list[str | Path]
 ) -> dict[str, Any]:
     """``build_results`` from artifact folders: the prepare output, finetune outputs, evaluate outputs."""
-    stats = json.loads((Path(data_dir) / "stats.json").read_text())
+    stats = read_stats(data_dir)
     return build_results(spec, stats, [read_training(d) for d in model_dirs], [read_evaluation(d) for d in eval_dirs])
 
 

@@ -1,9 +1,14 @@
-"""The finetune stage: LoRA through peft + TRL's SFTTrainer, on CPU or GPU.
+"""The finetune stage in this process: LoRA, QLoRA, IA3 or full fine-tuning through peft and TRL's
+SFTTrainer, on CPU or GPU, in three steps as the best training recipes have them:
 
-Output folder: ``adapter/`` (the PEFT adapter and the tokenizer), ``loss_history.json`` and
-``training.json`` (the arm,
-wall time, steps, trained tokens, device, GPU-hours, cost and the loss history: train loss at every
-logging step, validation loss at every evaluation).
+- ``setup``: the splits, the tokenizer, the model (4-bit for QLoRA), the method's peft config, the
+  checkpoint store (and the checkpoint to resume from) and the trainer;
+- ``train``: the training loop, with a checkpoint saved and ``Preempted`` raised on SIGTERM;
+- ``record``: what the run did and cost (``bakeoff.artifacts.TrainResult``) and, on rank 0, the
+  outputs in the model layout of ``bakeoff.artifacts`` (``adapter/`` or ``model/``, ``training.json``,
+  ``loss_history.json``, a model card and the resolved settings).
+
+Several processes (torchrun, through ``bakeoff.train.worker``) each run the three steps; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -15,64 +20,18 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bakeoff.data.prepare import read_split
+from bakeoff.artifacts import ADAPTER_DIR, FULL_MODEL_DIR, MERGED_DIR, TrainResult, read_split, write_training
 from bakeoff.errors import Preempted, SpecError, TrainingError
-from bakeoff.models.loading import load_model, load_tokenizer, pick_device
+from bakeoff.models.loading import load_model, load_tokenizer, pick_device, quantization_config
 from bakeoff.spec import ArmSpec, CostSpec, PeftSpec, TrainingSpec
 from bakeoff.train.checkpoints import CheckpointStore
-from bakeoff.train.methods import check_method, peft_config, quantization_config
+from bakeoff.train.methods import check_method, peft_config
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    """What one fine-tuning run did and cost; written as ``training.json``."""
-
-    arm: str
-    model: str
-    method: str
-    seconds: float
-    steps: int
-    epochs: float
-    train_tokens: int
-    tokens_per_second: float
-    device: str
-    gpu_type: str | None
-    gpu_count: int
-    gpu_hours: float
-    cost_usd: float | None
-    trainable_params: int
-    total_params: int
-    final_train_loss: float | None
-    final_validation_loss: float | None
-    loss_history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    best_step: int | None = None
-    best_validation_loss: float | None = None
-    peak_memory_gb: float | None = None
-    resumed_from_step: int | None = None
-    artifact: str = "adapter"  # "adapter" (PEFT methods) or "model" (full fine-tuning)
-    quantization: str | None = None
-    world_size: int = 1  # processes (one per GPU) that trained together
-    distributed: str | None = None  # "ddp" or "fsdp" when world_size > 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def metrics(self) -> dict[str, float]:
-        """Scalar figures for KFP Metrics (no None values), the validation curve as one scalar per evaluation."""
-        keys = ("seconds", "steps", "train_tokens", "tokens_per_second", "gpu_hours", "cost_usd",
-                "trainable_params", "final_train_loss", "final_validation_loss", "best_step",
-                "best_validation_loss", "peak_memory_gb")
-        out = {k: float(getattr(self, k)) for k in keys if getattr(self, k) is not None}
-        for point in self.loss_history.get("validation", []):
-            out[f"validation_loss/step_{point['step']:06d}"] = float(point["loss"])
-        return out
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -178,6 +137,29 @@ def _model_card(result: TrainResult, peft: PeftSpec) -> str:
     )
 
 
+@dataclass
+class Run:
+    """What ``setup`` prepared for ``train`` and ``record``."""
+
+    arm: ArmSpec
+    training: TrainingSpec
+    peft: PeftSpec
+    out: Path
+    device: str
+    precision: str
+    dtype: Any
+    grad_ckpt: bool
+    quantized: bool
+    method_config: Any  # the peft config, None for full fine-tuning
+    tokenizer: Any
+    trainer: Any
+    store: CheckpointStore
+    local_ckpt: Path
+    checkpoint_uri: str | None
+    resume: Path | None
+    stop: dict[str, bool]
+
+
 def finetune(
     arm: ArmSpec,
     training: TrainingSpec,
@@ -193,18 +175,14 @@ def finetune(
     Checkpoints go to ``checkpoint_uri`` (a path or ``s3://``; default a folder inside ``out_dir``) and a
     rerun resumes from the newest complete one. On SIGTERM a checkpoint is saved and ``Preempted`` raised.
     """
-    import torch
-    from datasets import Dataset
-    from peft import prepare_model_for_kbit_training
-    from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    run = setup(arm, training, peft, data_dir, out_dir, seed, checkpoint_uri)
+    seconds = train(run)
+    return record(run, seconds, cost)
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device()
-    check_method(peft, device)
-    precision = resolve_precision(training.precision, device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+
+def _datasets(data_dir: str | Path):
+    """The train and validation splits as prompt/completion datasets (completion-only loss)."""
+    from datasets import Dataset
 
     def split(name: str) -> Dataset:
         rows = read_split(data_dir, name)
@@ -213,9 +191,14 @@ def finetune(
                 {"role": "assistant", "content": r["reference"]}]} for r in rows])
         return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
 
-    train_ds, val_ds = split("train"), split("validation")
-    tokenizer = load_tokenizer(arm.model, trust_remote_code=arm.trust_remote_code)
-    grad_ckpt = device == "cuda" if training.gradient_checkpointing == "auto" else training.gradient_checkpointing
+    return split("train"), split("validation")
+
+
+def _load_model(arm: ArmSpec, peft: PeftSpec, device: str, precision: str, dtype, grad_ckpt: bool):
+    """The base model as the method trains it (4-bit NF4 for QLoRA) and the method's peft config."""
+    import torch
+    from peft import prepare_model_for_kbit_training
+
     quant = quantization_config(dtype) if peft.method == "qlora" else None
     # fp16 training needs fp32 master weights; bf16 trains in bf16 directly.
     model = load_model(arm.model, dtype=torch.float32 if precision == "fp16" else dtype,
@@ -223,18 +206,16 @@ def finetune(
                        quantization_config=quant)
     if quant is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
-    method_config = peft_config(peft, model.config.model_type)
+    return model, peft_config(peft, model.config.model_type)
 
-    local_ckpt = Path(checkpoint_uri) if checkpoint_uri and "://" not in checkpoint_uri else out / "checkpoints"
-    store = CheckpointStore(local_ckpt, checkpoint_uri)
-    discarded = store.discard_incomplete()
-    if discarded:
-        log.warning("discarded incomplete checkpoints %s (cut short before they were marked complete)", discarded)
-    resume = store.latest()
-    save_steps = training.checkpoint_steps or training.eval_steps
+
+def _sft_config(training: TrainingSpec, out_dir: Path, seed: int, device: str, precision: str, grad_ckpt: bool):
+    """TRL's SFTConfig for the spec's training settings."""
+    from trl import SFTConfig
+
     fsdp = _fsdp_args(training, grad_ckpt)
-    args = SFTConfig(
-        output_dir=str(local_ckpt),
+    return SFTConfig(
+        output_dir=str(out_dir),
         num_train_epochs=training.epochs,
         max_steps=training.max_steps or -1,
         per_device_train_batch_size=training.batch_size,
@@ -258,7 +239,7 @@ def finetune(
         eval_strategy="steps",
         eval_steps=training.eval_steps,
         save_strategy="steps",
-        save_steps=save_steps,
+        save_steps=training.checkpoint_steps or training.eval_steps,
         save_total_limit=2,  # with keep_best the Trainer never deletes the best one
         load_best_model_at_end=training.keep_best,
         metric_for_best_model="eval_loss",
@@ -269,111 +250,144 @@ def finetune(
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+def setup(arm: ArmSpec, training: TrainingSpec, peft: PeftSpec, data_dir: str | Path, out_dir: str | Path,
+          seed: int = 42, checkpoint_uri: str | None = None) -> Run:
+    """Everything training needs, loaded and checked: fails (with what to change) before the first step."""
+    import torch
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTTrainer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device()
+    check_method(peft, device)
+    precision = resolve_precision(training.precision, device)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    train_ds, val_ds = _datasets(data_dir)
+    tokenizer = load_tokenizer(arm.model, trust_remote_code=arm.trust_remote_code)
+    grad_ckpt = device == "cuda" if training.gradient_checkpointing == "auto" else training.gradient_checkpointing
+    model, method_config = _load_model(arm, peft, device, precision, dtype, grad_ckpt)
+
+    local_ckpt = Path(checkpoint_uri) if checkpoint_uri and "://" not in checkpoint_uri else out / "checkpoints"
+    store = CheckpointStore(local_ckpt, checkpoint_uri)
+    discarded = store.discard_incomplete()
+    if discarded:
+        log.warning("discarded incomplete checkpoints %s (cut short before they were marked complete)", discarded)
     stop = {"requested": False}
     callbacks = [_progress_callback(), _checkpoint_callback(store, stop)]
     if training.early_stopping_patience:
-        from transformers import EarlyStoppingCallback
-
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds,
-                         processing_class=tokenizer, peft_config=method_config, callbacks=callbacks)
+    trainer = SFTTrainer(model=model, args=_sft_config(training, local_ckpt, seed, device, precision, grad_ckpt),
+                         train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
+                         peft_config=method_config, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dict prints
-    if device == "cuda":
+    return Run(arm=arm, training=training, peft=peft, out=out, device=device, precision=precision, dtype=dtype,
+               grad_ckpt=grad_ckpt, quantized=peft.method == "qlora", method_config=method_config,
+               tokenizer=tokenizer, trainer=trainer, store=store, local_ckpt=local_ckpt,
+               checkpoint_uri=checkpoint_uri, resume=store.latest(), stop=stop)
+
+
+def train(run: Run) -> float:
+    """Train (resuming from ``run.resume``); the seconds it took. On SIGTERM: save a checkpoint and raise
+    ``Preempted``; out of memory: a TrainingError saying what to lower."""
+    import torch
+
+    if run.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
 
     def on_sigterm(signum, frame):
         log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
-        stop["requested"] = True
+        run.stop["requested"] = True
 
     previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
     started = time.perf_counter()
     try:
-        if resume is not None:
-            log.info("resuming from %s", resume)
-        trainer.train(resume_from_checkpoint=str(resume) if resume is not None else None)
+        if run.resume is not None:
+            log.info("resuming from %s", run.resume)
+        run.trainer.train(resume_from_checkpoint=str(run.resume) if run.resume is not None else None)
     except torch.OutOfMemoryError as exc:
         raise TrainingError(
-            f"arm {arm.name}: out of {device} memory during training ({exc}); lower training.batch_size "
+            f"arm {run.arm.name}: out of {run.device} memory during training ({exc}); lower training.batch_size "
             "(raise gradient_accumulation_steps to keep the effective batch), lower max_seq_length, turn "
             "gradient_checkpointing on, or use peft.method qlora"
         ) from exc
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    seconds = time.perf_counter() - started
-    if stop["requested"]:
-        raise Preempted(f"arm {arm.name}: stopped by SIGTERM at step {trainer.state.global_step}; "
+    if run.stop["requested"]:
+        raise Preempted(f"arm {run.arm.name}: stopped by SIGTERM at step {run.trainer.state.global_step}; "
                         "the checkpoint is saved and a rerun resumes from it")
+    return time.perf_counter() - started
 
+
+def record(run: Run, seconds: float, cost: CostSpec | None = None) -> TrainResult:
+    """What the run did and cost; rank 0 also writes the outputs (the other ranks only return it)."""
+    result = _result(run, seconds, cost)
+    if run.trainer.is_world_process_zero():
+        _save(run, result)
+        log.info("arm %s: %d steps in %.1f s, best validation loss %s at step %s", run.arm.name, result.steps,
+                 seconds, result.best_validation_loss, result.best_step)
+    return result
+
+
+def _result(run: Run, seconds: float, cost: CostSpec | None) -> TrainResult:
+    import torch
+
+    trainer, training = run.trainer, run.training
     steps = int(trainer.state.global_step)
     world_size = int(trainer.args.world_size)
-    main_process = trainer.is_world_process_zero()
     history = history_from(trainer.state.log_history)
-    resumed_from = _step_of(resume)
+    resumed_from = _step_of(run.resume)
     if resumed_from is not None:
         history["resumed_at"] = [{"step": resumed_from}]
     best = min(history["validation"], key=lambda p: p["loss"]) if history["validation"] else None
-
-    artifact = "adapter" if method_config is not None else "model"
-    saved = out / artifact
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in trainer.model.parameters())
-    gpu_count = world_size if device == "cuda" else 0  # one GPU per process
-    gpu_type = torch.cuda.get_device_name(0) if gpu_count else None
+    gpu_count = world_size if run.device == "cuda" else 0  # one GPU per process
     gpu_hours = seconds / 3600 * gpu_count
     price = cost.gpu_hour_usd if cost else None
     train_tokens = int(trainer.state.num_input_tokens_seen or 0) or _logged_tokens(trainer.state.log_history)
-    result = TrainResult(
-        arm=arm.name,
-        model=arm.model,
-        method=peft.method,
-        seconds=round(seconds, 3),
-        steps=steps,
-        epochs=float(trainer.state.epoch or 0),
-        train_tokens=train_tokens,
+    return TrainResult(
+        arm=run.arm.name, model=run.arm.model, method=run.peft.method, seconds=round(seconds, 3), steps=steps,
+        epochs=float(trainer.state.epoch or 0), train_tokens=train_tokens,
         tokens_per_second=round(train_tokens / seconds, 2) if seconds > 0 else 0.0,
-        device=device,
-        gpu_type=gpu_type,
-        gpu_count=gpu_count,
+        device=run.device, gpu_type=torch.cuda.get_device_name(0) if gpu_count else None, gpu_count=gpu_count,
         gpu_hours=round(gpu_hours, 6),
         # On CPU there are no GPU-hours to price: the cost is 0 only when a price is given.
         cost_usd=round(gpu_hours * price, 6) if price is not None else None,
-        trainable_params=trainable,
-        total_params=total,
+        trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+        total_params=sum(p.numel() for p in trainer.model.parameters()),
         final_train_loss=history["train"][-1]["loss"] if history["train"] else None,
         final_validation_loss=history["validation"][-1]["loss"] if history["validation"] else None,
         loss_history=history,
-        hyperparameters={"training": training.model_dump(mode="json"), "peft": peft.model_dump(mode="json"),
-                         "precision": precision, "gradient_checkpointing": grad_ckpt,
+        hyperparameters={"training": training.model_dump(mode="json"), "peft": run.peft.model_dump(mode="json"),
+                         "precision": run.precision, "gradient_checkpointing": run.grad_ckpt,
                          "warmup_steps": math.ceil(training.warmup_ratio * steps)},
         best_step=int(best["step"]) if best and training.keep_best else steps,
         best_validation_loss=best["loss"] if best else None,
-        peak_memory_gb=round(_peak_memory_gb(device), 3),
-        resumed_from_step=resumed_from,
-        artifact=artifact,
-        quantization="nf4-double-quant" if quant is not None else None,
-        world_size=world_size,
+        peak_memory_gb=round(_peak_memory_gb(run.device), 3), resumed_from_step=resumed_from,
+        artifact=ADAPTER_DIR if run.method_config is not None else FULL_MODEL_DIR,
+        quantization="nf4-double-quant" if run.quantized else None, world_size=world_size,
         distributed=("fsdp" if trainer.is_fsdp_enabled else "ddp") if world_size > 1 else None,
     )
-    if not main_process:
-        return result  # rank 0 writes the outputs
-    trainer.model.save_pretrained(saved, safe_serialization=True)
-    tokenizer.save_pretrained(saved)
-    if training.save_merged and method_config is not None:
-        _save_merged(arm, saved, out / "merged", dtype)
-    (out / "training.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
-    (out / "loss_history.json").write_text(json.dumps(history, indent=2) + "\n")
-    config = {"sft_config": {k: v for k, v in args.to_dict().items() if _jsonable(v)},
-              "peft_config": method_config.to_dict() if method_config is not None else None}
+
+
+def _save(run: Run, result: TrainResult) -> None:
+    """The weights, the tokenizer, training.json and loss_history.json, the model card and the settings."""
+    saved = run.out / result.artifact
+    run.trainer.model.save_pretrained(saved, safe_serialization=True)
+    run.tokenizer.save_pretrained(saved)
+    if run.training.save_merged and run.method_config is not None:
+        _save_merged(run.arm, saved, run.out / MERGED_DIR, run.dtype)
+    write_training(run.out, result.to_dict())
+    config = {"sft_config": {k: v for k, v in run.trainer.args.to_dict().items() if _jsonable(v)},
+              "peft_config": run.method_config.to_dict() if run.method_config is not None else None}
     (saved / "training_config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-    (saved / "README.md").write_text(_model_card(result, peft))
-    if checkpoint_uri is None or store.remote:
+    (saved / "README.md").write_text(_model_card(result, run.peft))
+    if run.checkpoint_uri is None or run.store.remote:
         # the result is saved (and remote checkpoints are on S3): don't ship local copies in the artifact
-        shutil.rmtree(local_ckpt, ignore_errors=True)
-    log.info("arm %s: %d steps in %.1f s, best validation loss %s at step %s", arm.name, steps, seconds,
-             result.best_validation_loss, result.best_step)
-    return result
+        shutil.rmtree(run.local_ckpt, ignore_errors=True)
 
 
 def _fsdp_args(training: TrainingSpec, grad_ckpt: bool) -> dict[str, Any]:
@@ -414,8 +428,3 @@ def _jsonable(value: Any) -> bool:
     except TypeError:
         return False
     return True
-
-
-def read_training(model_dir: str | Path) -> dict[str, Any]:
-    """The ``training.json`` a finetune run wrote into ``model_dir``."""
-    return json.loads((Path(model_dir) / "training.json").read_text())

@@ -35,18 +35,17 @@ import io
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bakeoff.data.prepare import read_split
-from bakeoff.data.templates import get_template
+from bakeoff import endpoints
+from bakeoff.artifacts import HOSTED_DIR, TrainResult, read_split, write_training
 from bakeoff.errors import StorageError, TrainingError
 from bakeoff.jsonl import write_jsonl
 from bakeoff.spec import ArmSpec, ExperimentSpec, HostedFineTune
-from bakeoff.train.finetune import TrainResult
+from bakeoff.templates import chat_messages
 
 log = logging.getLogger(__name__)
 
@@ -60,28 +59,9 @@ MAX_POLL_FAILURES = 10  # consecutive failed status checks (each after the clien
 # --- the data -------------------------------------------------------------------------------------------
 
 
-def prompt_messages(example: dict, template: Any, system_prompt: str | None = None,
-                    shots: Sequence[dict] = ()) -> list[dict[str, str]]:
-    """The chat messages that ask ``example``'s question: an optional system message, each shot as a
-    user/assistant pair, then the example's templated prompt (without the template's BOS text) as the
-    user's message. Training and generation both use it, so the hosted model sees what the open arms see."""
-    template = get_template(template)
-
-    def user(ex: dict) -> dict[str, str]:
-        text = ex["prompt"]
-        if template.bos and text.startswith(template.bos):
-            text = text[len(template.bos):]
-        return {"role": "user", "content": text.strip()}
-
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    for shot in shots:
-        messages += [user(shot), {"role": "assistant", "content": shot["reference"].strip()}]
-    return messages + [user(example)]
-
-
 def chat_example(example: dict, template: Any, system_prompt: str | None = None) -> dict:
     """One line of the fine-tuning file: the prompt's messages and the reference as the assistant's reply."""
-    return {"messages": prompt_messages(example, template, system_prompt)
+    return {"messages": chat_messages(example, template, system_prompt)
             + [{"role": "assistant", "content": example["reference"].strip()}]}
 
 
@@ -193,16 +173,9 @@ def write_state(location: str, state: dict[str, Any]) -> None:
 # --- talking to the API ----------------------------------------------------------------------------------
 
 
-def api_client(hosted: HostedFineTune):
-    """An ``openai.OpenAI`` client for the arm's endpoint, its key from ``hosted.api_key_env``."""
-    import openai
-
-    key = os.environ.get(hosted.api_key_env)
-    if not key:
-        raise TrainingError(f"hosted fine-tuning at {hosted.base_url} needs an API key in ${hosted.api_key_env} "
-                            "(on Kubernetes: hosted.api_key_secret)")
-    return openai.OpenAI(base_url=hosted.base_url, api_key=key, timeout=hosted.timeout_s,
-                         max_retries=hosted.max_retries)
+def api_client(spec: ExperimentSpec, arm: ArmSpec):
+    """An ``openai.OpenAI`` client for the arm's endpoint (the one endpoint client, its key policy)."""
+    return endpoints.client(arm.hosted, f"arms[{spec.arms.index(arm)}].hosted", error=TrainingError)
 
 
 def api_message(exc: Exception) -> str:
@@ -395,7 +368,7 @@ def _result_csv(api: _Api, job) -> str:
     return response.text
 
 
-# --- the stage -------------------------------------------------------------------------------------------
+# --- the stage ----------------------------------------------------------------------------------------------
 
 
 def finetune_hosted(spec: ExperimentSpec, arm: ArmSpec | str, data_dir: str | Path, out_dir: str | Path, *,
@@ -404,68 +377,82 @@ def finetune_hosted(spec: ExperimentSpec, arm: ArmSpec | str, data_dir: str | Pa
     write ``training.json``; a TrainingError with the API's message if the job cannot run or does not
     succeed. ``client`` (an ``openai.OpenAI``) and ``sleep`` are for tests."""
     arm = spec.arm(arm) if isinstance(arm, str) else arm
-    hosted = arm.hosted
-    if hosted is None:
+    if arm.hosted is None:
         raise TrainingError(f"arm {arm.name}: not a hosted arm (kind {arm.kind})")
     out = Path(out_dir)
-    (out / "hosted").mkdir(parents=True, exist_ok=True)
+    (out / HOSTED_DIR).mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    files, estimate = _training_files(spec, arm, data_dir, out)
+    key = job_key(spec, arm, files)
+    location = state_location(spec, arm, key)
+    api = _Api(client or api_client(spec, arm), arm.name, arm.hosted.base_url)
+    job = _start_or_attach(spec, arm, api, files, estimate, key, location, sleep)
+    job = follow_job(api, job, arm.hosted, sleep)
+    events = [e.model_dump(mode="json") for e in api.call(  # every page, oldest last
+        "listing the job's events", lambda: list(api.client.fine_tuning.jobs.list_events(job.id, limit=100)))]
+    write_jsonl(out / HOSTED_DIR / "events.jsonl", list(reversed(events)))
+    _check_succeeded(arm, job, location)
+    return _record(arm, api, job, estimate, len(events), out, started)
 
+
+def _training_files(spec: ExperimentSpec, arm: ArmSpec, data_dir: str | Path, out: Path) -> tuple[dict, dict]:
+    """The train and validation splits as chat JSONL (kept in ``hosted/``), and the cost estimate."""
+    hosted = arm.hosted
     lines = {split: [chat_example(r, spec.data.template, hosted.system_prompt) for r in read_split(data_dir, split)]
              for split in ("train", "validation")}
     files = {}
     for split, rows in lines.items():
-        write_jsonl(out / "hosted" / f"{split}.jsonl", rows)
-        files[split] = (out / "hosted" / f"{split}.jsonl").read_bytes()
+        files[split] = write_jsonl(out / HOSTED_DIR / f"{split}.jsonl", rows).read_bytes()
     estimate = estimate_cost(lines["train"], hosted)
     log.info("arm %s: about %s trained tokens (%s per epoch x %s epochs%s) at $%g per 1M: about $%.2f "
              "(limit $%.2f)", arm.name, f"{estimate['trained_tokens']:,}", f"{estimate['tokens_per_epoch']:,}",
              estimate["epochs"], ", auto estimated" if hosted.epochs == "auto" else "",
              hosted.usd_per_1m_training_tokens, estimate["cost_usd"], hosted.max_cost_usd)
+    return files, estimate
 
-    key = job_key(spec, arm, files)
-    location = state_location(spec, arm, key)
+
+def _start_or_attach(spec: ExperimentSpec, arm: ArmSpec, api: _Api, files: dict, estimate: dict, key: str,
+                     location: str, sleep: Callable[[float], None]):
+    """The job this key created before (its saved id, else found by its metadata), or a new one: the files
+    uploaded and the job created within ``max_cost_usd``, its id saved before anything else can fail."""
+    hosted = arm.hosted
     state = read_state(location)
-    api = _Api(client or api_client(hosted), arm.name, hosted.base_url)
-    job = None
     if state.get("job_id"):
         job = api.call("checking the job", api.client.fine_tuning.jobs.retrieve, state["job_id"])
         log.info("arm %s: attaching to job %s (%s), created before (%s)", arm.name, job.id, job.status, location)
-    else:
-        job = _find_job(api, key)
-        if job is not None:
-            log.info("arm %s: attaching to job %s (%s), found by its key", arm.name, job.id, job.status)
-            write_state(location, {**state, "key": key, "job_id": job.id})
-    if job is None:
-        if estimate["cost_usd"] > hosted.max_cost_usd:
-            index = spec.arms.index(arm)
-            raise TrainingError(
-                f"arm {arm.name}: the estimated cost ${estimate['cost_usd']:.2f} ({estimate['trained_tokens']:,} "
-                f"trained tokens) is above arms[{index}].hosted.max_cost_usd (${hosted.max_cost_usd:.2f}); "
-                "raise it to start this job, or train on fewer rows or epochs"
-            )
-        state = {"key": key, "experiment": spec.name, "arm": arm.name, "estimate": estimate}
-        for split in ("train", "validation"):
-            state[f"{split}_file"] = _upload(api, f"{spec.name}-{arm.name}-{split}.jsonl", files[split], hosted, sleep)
-            write_state(location, state)
-        extra = {"suffix": hosted.suffix} if hosted.suffix else {}
-        job = api.call(
-            "creating the fine-tuning job", api.client.fine_tuning.jobs.create, model=arm.model,
-            training_file=state["train_file"], validation_file=state["validation_file"], seed=spec.seed,
-            method={"type": "supervised", "supervised": {"hyperparameters": _hyperparameters(hosted)}},
-            metadata={"bakeoff_key": key, "bakeoff_experiment": spec.name, "bakeoff_arm": arm.name}, **extra,
-            # the same key on every attempt: a server that honours it never creates a second job when a
-            # create whose reply was lost is retried
-            extra_headers={"Idempotency-Key": f"bakeoff-{key}"},
+        return job
+    job = _find_job(api, key)
+    if job is not None:
+        log.info("arm %s: attaching to job %s (%s), found by its key", arm.name, job.id, job.status)
+        write_state(location, {**state, "key": key, "job_id": job.id})
+        return job
+    if estimate["cost_usd"] > hosted.max_cost_usd:
+        raise TrainingError(
+            f"arm {arm.name}: the estimated cost ${estimate['cost_usd']:.2f} ({estimate['trained_tokens']:,} "
+            f"trained tokens) is above arms[{spec.arms.index(arm)}].hosted.max_cost_usd (${hosted.max_cost_usd:.2f}); "
+            "raise it to start this job, or train on fewer rows or epochs"
         )
-        state["job_id"] = job.id
-        write_state(location, state)  # before anything else can fail: a rerun attaches to this job
-        log.info("arm %s: created job %s on %s (state in %s)", arm.name, job.id, arm.model, location)
+    state = {"key": key, "experiment": spec.name, "arm": arm.name, "estimate": estimate}
+    for split in ("train", "validation"):
+        state[f"{split}_file"] = _upload(api, f"{spec.name}-{arm.name}-{split}.jsonl", files[split], hosted, sleep)
+        write_state(location, state)
+    extra = {"suffix": hosted.suffix} if hosted.suffix else {}
+    job = api.call(
+        "creating the fine-tuning job", api.client.fine_tuning.jobs.create, model=arm.model,
+        training_file=state["train_file"], validation_file=state["validation_file"], seed=spec.seed,
+        method={"type": "supervised", "supervised": {"hyperparameters": _hyperparameters(hosted)}},
+        metadata={"bakeoff_key": key, "bakeoff_experiment": spec.name, "bakeoff_arm": arm.name}, **extra,
+        # the same key on every attempt: a server that honours it never creates a second job when a
+        # create whose reply was lost is retried
+        extra_headers={"Idempotency-Key": f"bakeoff-{key}"},
+    )
+    state["job_id"] = job.id
+    write_state(location, state)  # before anything else can fail: a rerun attaches to this job
+    log.info("arm %s: created job %s on %s (state in %s)", arm.name, job.id, arm.model, location)
+    return job
 
-    job = follow_job(api, job, hosted, sleep)
-    events = [e.model_dump(mode="json") for e in api.call(  # every page, oldest last
-        "listing the job's events", lambda: list(api.client.fine_tuning.jobs.list_events(job.id, limit=100)))]
-    write_jsonl(out / "hosted" / "events.jsonl", list(reversed(events)))
+
+def _check_succeeded(arm: ArmSpec, job, location: str) -> None:
     if job.status != "succeeded":
         error = getattr(job, "error", None)
         message = getattr(error, "message", None) or "no message given"
@@ -477,8 +464,12 @@ def finetune_hosted(spec: ExperimentSpec, arm: ArmSpec | str, data_dir: str | Pa
     if not job.fine_tuned_model:
         raise TrainingError(f"arm {arm.name}: job {job.id} succeeded without a fine-tuned model id")
 
+
+def _record(arm: ArmSpec, api: _Api, job, estimate: dict, events: int, out: Path, started: float) -> TrainResult:
+    """The job's loss history, tokens, cost and time as ``training.json`` (with a ``hosted`` section)."""
+    hosted = arm.hosted
     csv_text = _result_csv(api, job)
-    (out / "hosted" / "result.csv").write_text(csv_text)
+    (out / HOSTED_DIR / "result.csv").write_text(csv_text)
     checkpoints = _checkpoints(api, job.id)
     resolved = _resolved(job)
     epochs = resolved.get("n_epochs")
@@ -487,10 +478,8 @@ def finetune_hosted(spec: ExperimentSpec, arm: ArmSpec | str, data_dir: str | Pa
     steps = max([p["step"] for p in history["train"]] + [c["step"] for c in checkpoints] + [0])
     best = min(history["validation"], key=lambda p: p["loss"]) if history["validation"] else None
     tokens = int(job.trained_tokens or 0)
-    if job.finished_at and job.created_at:
-        seconds = float(job.finished_at - job.created_at)
-    else:
-        seconds = time.perf_counter() - started
+    seconds = float(job.finished_at - job.created_at) if job.finished_at and job.created_at \
+        else time.perf_counter() - started
     price = hosted.usd_per_1m_training_tokens
     result = TrainResult(
         arm=arm.name, model=arm.model, method="hosted", seconds=round(seconds, 3), steps=int(steps), epochs=epochs,
@@ -504,27 +493,17 @@ def finetune_hosted(spec: ExperimentSpec, arm: ArmSpec | str, data_dir: str | Pa
         best_step=int(best["step"]) if best else None, best_validation_loss=best["loss"] if best else None,
         artifact="hosted-model",
     )
-    record = {**result.to_dict(), "hosted": {
+    write_training(out, {**result.to_dict(), "hosted": {
         "provider": arm.kind, "base_url": hosted.base_url, "job_id": job.id, "fine_tuned_model": job.fine_tuned_model,
         "status": job.status, "trained_tokens": tokens, "usd_per_1m_training_tokens": price,
-        "estimate": estimate, "validation_loss": validation_is, "checkpoints": checkpoints, "events": len(events),
+        "estimate": estimate, "validation_loss": validation_is, "checkpoints": checkpoints, "events": events,
         "training_file": job.training_file, "validation_file": job.validation_file,
         "stage_seconds": round(time.perf_counter() - started, 3),
-    }}
-    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-    (out / "loss_history.json").write_text(json.dumps(history, indent=2) + "\n")
+    }})
     log.info("arm %s: job %s succeeded: %s, %s trained tokens, $%.2f, %.0f s", arm.name, job.id,
              job.fine_tuned_model, f"{tokens:,}", result.cost_usd, seconds)
     return result
 
 
-def fine_tuned_model(model_dir: str | Path) -> str | None:
-    """The fine-tuned model id a hosted finetune recorded in ``model_dir`` (or its parent), or None."""
-    for path in (Path(model_dir) / "training.json", Path(model_dir).parent / "training.json"):
-        if path.is_file():
-            return (json.loads(path.read_text()).get("hosted") or {}).get("fine_tuned_model")
-    return None
-
-
-__all__ = ["auto_epochs", "chat_example", "estimate_cost", "estimate_tokens", "fine_tuned_model", "finetune_hosted",
-           "follow_job", "job_key", "loss_history", "parse_result_csv", "prompt_messages", "state_location"]
+__all__ = ["auto_epochs", "chat_example", "estimate_cost", "estimate_tokens", "finetune_hosted", "follow_job",
+           "job_key", "loss_history", "parse_result_csv", "state_location"]

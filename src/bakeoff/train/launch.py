@@ -1,7 +1,9 @@
-"""Several GPUs in one pod: the finetune stage relaunches itself under torchrun, one process per GPU.
+"""Where an arm trains: a provider's API (hosted), a Kubeflow Trainer job (several nodes), torchrun with
+one process per GPU (several GPUs in this pod), or this process. The one entry of the finetune stage.
 
-The Trainer then runs data-parallel (DDP) across the processes; rank 0 writes the outputs. A spec that
-asks for one GPU, or a machine that shows fewer GPUs than asked, trains in this process.
+The processes it starts run ``bakeoff.train.worker`` (never the user CLI); with DDP (or FSDP) across
+them, rank 0 writes the outputs. A spec that asks for one GPU, or a machine that shows fewer GPUs than
+asked, trains in this process.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bakeoff.artifacts import TrainResult, read_train_result
 from bakeoff.errors import TrainingError
 from bakeoff.spec import ExperimentSpec
-from bakeoff.train.checkpoints import MARKER
-from bakeoff.train.finetune import TrainResult, finetune, read_training
+from bakeoff.train.worker import staged, train_arm
 
 log = logging.getLogger(__name__)
 
@@ -35,65 +37,45 @@ def processes_for(spec: ExperimentSpec) -> int:
     return wanted
 
 
-def finetune_arm(spec: ExperimentSpec, arm: str, data_dir: str | Path, out_dir: str | Path,
+def finetune_arm(spec: ExperimentSpec, arm: str, data: str | Path, out: str | Path,
                  processes: int | None = None) -> TrainResult:
-    """Fine-tune one arm of ``spec``: in this process, or under torchrun with ``processes`` ranks."""
+    """Fine-tune one arm of ``spec`` from ``data`` (the prepare output, a folder or ``s3://``) into ``out``."""
     arm_spec = spec.arm(arm)
     if arm_spec.is_hosted:
         # a provider trains it: upload the splits, create (or attach to) the job, follow it to the end
         from bakeoff.train.hosted import finetune_hosted
 
-        return finetune_hosted(spec, arm_spec, data_dir, out_dir)
-    if arm_spec.nodes > 1 and "LOCAL_RANK" not in os.environ:
-        # several nodes: a Kubeflow Trainer job runs this same code (under torchrun) on each of them
+        return finetune_hosted(spec, arm_spec, data, out)
+    if arm_spec.nodes > 1:
+        # several nodes: a Kubeflow Trainer job runs the worker (under torchrun) on each of them
         from bakeoff.train.trainer_job import run_multinode
 
-        run_multinode(spec, arm, data_dir, out_dir)
-        return _read_result(out_dir)
+        run_multinode(spec, arm, data, out)
+        return read_train_result(out)
+    if "LOCAL_RANK" in os.environ:
+        raise TrainingError("this process is already a torchrun rank: run the training worker under torchrun "
+                            "(torchrun --nproc_per_node=N -m bakeoff.train.worker --spec ... --arm ... --data ... "
+                            "--out ...), not the finetune stage, which starts torchrun itself")
     processes = processes_for(spec) if processes is None else processes
-    if processes <= 1 or "LOCAL_RANK" in os.environ:
-        return finetune(arm_spec, spec.training, spec.arm_peft(arm_spec), data_dir, out_dir, spec.seed, spec.cost,
-                        checkpoint_uri=spec.checkpoint_uri(arm_spec))
+    with staged(data, out) as (data_dir, out_dir):
+        if processes <= 1:
+            return train_arm(spec, arm_spec, data_dir, out_dir)
+        return _torchrun(spec, arm, processes, data_dir, out_dir)
+
+
+def _torchrun(spec: ExperimentSpec, arm: str, processes: int, data_dir: Path, out_dir: Path) -> TrainResult:
     with tempfile.TemporaryDirectory() as tmp:
-        spec_file = Path(tmp) / "spec.json"  # JSON is YAML: the CLI loads it as any spec
+        spec_file = Path(tmp) / "spec.json"  # JSON is YAML: the worker loads it as any spec
         spec_file.write_text(spec.to_json())
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-               "-m", "bakeoff.cli", "finetune", str(spec_file), "--arm", arm, "--data", str(data_dir),
-               "--out", str(out_dir), "--processes", "1"]
+               "-m", "bakeoff.train.worker", "--spec", str(spec_file), "--arm", arm, "--data", str(data_dir),
+               "--out", str(out_dir)]
         log.info("training %s on %d processes: %s", arm, processes, " ".join(cmd))
-        done = subprocess.run(cmd, check=False, env={**os.environ, "BAKEOFF_LAUNCHED": "1"})
+        done = subprocess.run(cmd, check=False)
     if done.returncode != 0:
         raise TrainingError(f"arm {arm}: the {processes}-process training run failed (exit {done.returncode}); "
                             "its log above says why")
-    return _read_result(out_dir)
+    return read_train_result(out_dir)
 
 
-def _read_result(out_dir: str | Path) -> TrainResult:
-    record = read_training(out_dir)
-    fields = set(TrainResult.__dataclass_fields__)
-    return TrainResult(**{k: v for k, v in record.items() if k in fields})
-
-
-def finetune_remote(spec: ExperimentSpec, arm: str, data: str, out: str, processes: int | None = None) -> TrainResult:
-    """``bakeoff finetune`` with ``s3://`` data and output (the training pods of a multi-node job): each
-    process downloads the data, trains, and global rank 0 uploads the result, its COMPLETE marker last."""
-    from bakeoff.storage import download_s3_prefix, upload_dir
-
-    with tempfile.TemporaryDirectory(prefix="bakeoff-finetune-") as tmp:
-        data_dir, out_dir = Path(tmp) / "data", Path(tmp) / "out"
-        if data.startswith("s3://"):
-            download_s3_prefix(data, data_dir)
-        else:
-            data_dir = Path(data)
-        if not out.startswith("s3://"):
-            return finetune_arm(spec, arm, data_dir, out, processes=processes)
-        result = finetune_arm(spec, arm, data_dir, out_dir, processes=processes)
-        if os.environ.get("RANK", "0") == "0":
-            upload_dir(out_dir, out)
-            (Path(tmp) / MARKER).write_text("complete\n")
-            upload_dir(Path(tmp), out, only=[MARKER])  # last: the launcher collects only a complete result
-            log.info("uploaded the result to %s", out)
-        return result
-
-
-__all__ = ["finetune_arm", "finetune_remote", "processes_for"]
+__all__ = ["finetune_arm", "processes_for"]

@@ -9,12 +9,12 @@
 Targets: ``attention`` (q/k/v/o projections, the seed blog's choice), ``all-linear`` (peft's every
 linear layer but the output head) or a list of module names. Mixtral's experts are fused 3-D
 parameters, not Linear modules: ``target_experts`` reaches them through peft ``target_parameters``,
-which peft only supports with ``dropout: 0``.
+which peft only supports with ``dropout: 0``. Settings that cannot go together are spec errors
+(``bakeoff.spec.peft_conflicts``, found by ``bakeoff validate``); what is checked here needs the device,
+the installed libraries or the loaded model's type.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 from bakeoff.errors import SpecError
 from bakeoff.spec import PeftSpec
@@ -25,15 +25,6 @@ EXPERT_PARAMETERS = {"mixtral": ["mlp.experts.gate_up_proj", "mlp.experts.down_p
 # IA3: scaled modules and which of them are feed-forward (their input is scaled, not their output).
 IA3_TARGETS = {"default": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
                "mixtral": (["k_proj", "v_proj"], [])}
-
-
-@dataclass(frozen=True)
-class MethodPlan:
-    """What loading and wrapping the model needs for one method on one device."""
-
-    method: str
-    quantize_4bit: bool
-    compute_dtype: str  # "bf16" | "fp16" | "fp32"
 
 
 def check_method(peft: PeftSpec, device: str) -> None:
@@ -69,25 +60,11 @@ def peft_config(peft: PeftSpec, model_type: str):
     if peft.target_experts:
         if model_type not in EXPERT_PARAMETERS:
             raise SpecError(f"peft.target_experts: {model_type} models have no fused experts to target")
-        if peft.dropout:
-            raise SpecError("peft.dropout: LoRA on fused experts (target_experts) needs dropout 0 in peft; "
-                            "set dropout: 0 for this arm or target_experts: false")
         extra["target_parameters"] = list(EXPERT_PARAMETERS[model_type])
     if peft.loftq:
-        if peft.method == "qlora":
-            raise SpecError("peft.loftq: LoftQ initialises LoRA from a full-precision base and quantizes it "
-                            "itself; use method lora with loftq, not qlora")
         extra["init_lora_weights"] = "loftq"
         extra["loftq_config"] = LoftQConfig(loftq_bits=4)
     return LoraConfig(
         r=peft.r, lora_alpha=peft.alpha, lora_dropout=peft.dropout, target_modules=target_modules(peft),
         use_dora=peft.use_dora, bias="none", task_type="CAUSAL_LM", **extra,
     )
-
-
-def quantization_config(compute_dtype):
-    """4-bit NF4 with double quantization (QLoRA)."""
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)

@@ -1,6 +1,6 @@
 """Several nodes: the finetune component creates a Kubeflow Trainer job and follows it to the end.
 
-The job runs the finetune image and the same training code (``bakeoff finetune`` under torchrun; the
+The job runs the finetune image and the same training code (``bakeoff.train.worker`` under torchrun; the
 Trainer sets ``PET_NNODES``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR`` ... for it) on ``arm.nodes`` pods,
 each with ``resources.finetune`` (GPUs, CPU, memory), node selector, tolerations, Secrets as env vars,
 a memory-backed ``/dev/shm``, the model-cache PVC and a restricted security context.
@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bakeoff import cluster
 from bakeoff.errors import StorageError, TrainingError
-from bakeoff.images import IMAGE_USER, image_for
+from bakeoff.images import image_for
 from bakeoff.spec import ArmSpec, ExperimentSpec
 from bakeoff.storage import MODEL_CACHE_ENV, MODEL_CACHE_MOUNT, S3_SETTINGS
 from bakeoff.train.checkpoints import MARKER as COMPLETE
@@ -72,17 +73,17 @@ def job_uri(spec: ExperimentSpec, arm: ArmSpec) -> str:
 
 
 def training_command(arm: ArmSpec, uri: str) -> list[str]:
-    """What every training pod runs: torchrun (its rendezvous from the Trainer's PET_* variables) over
-    the same ``bakeoff finetune`` the single-node stage runs."""
-    return ["python", "-m", "torch.distributed.run", "-m", "bakeoff.cli", "finetune", f"env:{SPEC_ENV}",
-            "--arm", arm.name, "--data", f"{uri}/data", "--out", f"{uri}/result", "--processes", "1"]
+    """What every training pod runs: torchrun (its rendezvous from the Trainer's PET_* variables) over the
+    training worker, each rank reading the data from and rank 0 writing the result to S3."""
+    return ["python", "-m", "torch.distributed.run", "-m", "bakeoff.train.worker", "--spec", f"env:{SPEC_ENV}",
+            "--arm", arm.name, "--data", f"{uri}/data", "--out", f"{uri}/result"]
 
 
 def _env(spec: ExperimentSpec) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [{"name": SPEC_ENV, "value": spec.to_json()},
                                  {"name": "HOME", "value": "/home/bakeoff"}]
     secret_vars = set()
-    for name, key, var in spec.secret_env("finetune"):
+    for name, key, var in cluster.secret_env(spec, "finetune"):
         env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
         secret_vars.add(var)
     s3 = spec.secrets.s3
@@ -118,7 +119,7 @@ def _volumes(spec: ExperimentSpec) -> tuple[list[dict[str, Any]], list[dict[str,
     """Writable scratch (the root filesystem is read-only), /dev/shm and the model cache."""
     volumes = [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}]
     mounts = [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": "/home/bakeoff"}]
-    shm = spec.resources.finetune.effective_shm_size()
+    shm = cluster.shm_size(spec.resources.finetune)
     if shm:
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
         mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
@@ -128,22 +129,13 @@ def _volumes(spec: ExperimentSpec) -> tuple[list[dict[str, Any]], list[dict[str,
     return volumes, mounts
 
 
-# The training pods' labels: the Helm chart's NetworkPolicy for them selects these (the pods talk to each
-# other for the rendezvous and NCCL, and to DNS and S3).
-POD_LABELS = {"app.kubernetes.io/part-of": "bakeoff", "bakeoff/stage": "training-node"}
-POD_SECURITY = {"runAsNonRoot": True, "runAsUser": IMAGE_USER, "runAsGroup": IMAGE_USER, "fsGroup": IMAGE_USER,
-                "seccompProfile": {"type": "RuntimeDefault"}}
-CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                      "capabilities": {"drop": ["ALL"]}, "runAsNonRoot": True}
-
-
 def _placement(spec: ExperimentSpec) -> dict[str, Any]:
     res = spec.resources.finetune
     out: dict[str, Any] = {}
-    if res.effective_node_selector():
-        out["nodeSelector"] = res.effective_node_selector()
-    if res.effective_tolerations():
-        out["tolerations"] = [t.model_dump(exclude_none=True) for t in res.effective_tolerations()]
+    if cluster.node_selector(res):
+        out["nodeSelector"] = cluster.node_selector(res)
+    if cluster.tolerations(res):
+        out["tolerations"] = [t.model_dump(exclude_none=True) for t in cluster.tolerations(res)]
     return out
 
 
@@ -161,7 +153,7 @@ def build_manifest(spec: ExperimentSpec, arm: str | ArmSpec, namespace: str, ima
     metadata = {"name": job_name(spec, arm), "namespace": namespace,
                 "labels": {"app.kubernetes.io/name": "bakeoff", "app.kubernetes.io/component": "finetune",
                            "bakeoff/experiment": spec.name[:63], "bakeoff/arm": arm.name[:63]}}
-    pod_spec: dict[str, Any] = {**_placement(spec), "securityContext": POD_SECURITY, "volumes": volumes}
+    pod_spec: dict[str, Any] = {**_placement(spec), "securityContext": cluster.POD_SECURITY, "volumes": volumes}
     if trainer.service_account:
         pod_spec["serviceAccountName"] = trainer.service_account
     deadline = trainer.timeout_s or res.timeout_s
@@ -177,8 +169,8 @@ def build_manifest(spec: ExperimentSpec, arm: str | ArmSpec, namespace: str, ima
         if deadline:
             body["activeDeadlineSeconds"] = deadline
         patch = {**pod_spec, "containers": [{"name": "node", "volumeMounts": mounts,
-                                             "securityContext": CONTAINER_SECURITY}]}
-        pod_meta = {"labels": dict(POD_LABELS)}
+                                             "securityContext": cluster.CONTAINER_SECURITY}]}
+        pod_meta = {"labels": cluster.pod_labels(cluster.TRAINING_NODE)}
         if trainer.pod_overrides == "podTemplateOverrides":
             body["podTemplateOverrides"] = [{"targetJobs": [{"name": "node"}], "metadata": pod_meta, "spec": patch}]
         else:
@@ -188,10 +180,10 @@ def build_manifest(spec: ExperimentSpec, arm: str | ArmSpec, namespace: str, ima
         return {"apiVersion": f"{kind.group}/{kind.version}", "kind": kind.kind, "metadata": metadata, "spec": body}
 
     container = {"name": "pytorch", "image": image, "command": training_command(arm, uri), "env": _env(spec),
-                 "volumeMounts": mounts, "securityContext": CONTAINER_SECURITY}
+                 "volumeMounts": mounts, "securityContext": cluster.CONTAINER_SECURITY}
     if resources:
         container["resources"] = resources
-    template = {"metadata": {"labels": {**metadata["labels"], **POD_LABELS}},
+    template = {"metadata": {"labels": {**metadata["labels"], **cluster.pod_labels(cluster.TRAINING_NODE)}},
                 "spec": {**pod_spec, "containers": [container]}}
     replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
     if arm.nodes > 1:

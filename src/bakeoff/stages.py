@@ -1,0 +1,95 @@
+"""One place that runs a stage from a spec: the KFP components (``components/``) and the CLI's stage
+commands both call these, so a stage is unpacked from the spec the same way wherever it runs, and the
+preflight (the judge's endpoint, checked before paid work) happens here once.
+
+Each stage package is imported inside its function: the prepare and report images load this module
+without the training libraries.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bakeoff import endpoints
+from bakeoff.artifacts import TrainResult
+from bakeoff.errors import EvaluationError
+from bakeoff.spec import EvaluationSpec, ExperimentSpec
+
+log = logging.getLogger(__name__)
+
+Paths = Sequence[str | Path]
+
+
+def preflight(evaluation: EvaluationSpec) -> None:
+    """Fail before any paid work (training, generation) when the judge cannot be used: no API key for a
+    remote endpoint, or an endpoint that does not answer after its retries."""
+    judge = evaluation.judge
+    if "judge" in evaluation.metrics and judge is not None:
+        endpoints.check_reachable(judge, "evaluation.judge", error=EvaluationError)
+
+
+def run_prepare(spec: ExperimentSpec, out: str | Path):
+    """The prepare stage into ``out``: the splits and stats.json (a ``PrepareResult``)."""
+    from bakeoff.data.prepare import prepare_for_arms
+
+    preflight(spec.evaluation)  # a judge that cannot be reached fails now, before any GPU-hour is spent
+    # hosted arms have no tokenizer here: max_instruction_tokens counts with the local arms' (else words)
+    return prepare_for_arms(spec.data, [arm.model for arm in spec.arms if not arm.is_hosted], spec.seed, out)
+
+
+def run_finetune(spec: ExperimentSpec, arm: str, data: str | Path, out: str | Path,
+                 processes: int | None = None) -> TrainResult:
+    """One arm's finetune stage (``data`` and ``out`` may be ``s3://`` prefixes): hosted, on a Trainer job,
+    under torchrun or in this process, as the arm and the machine say."""
+    from bakeoff.train.launch import finetune_arm
+
+    return finetune_arm(spec, arm, data, out, processes=processes)
+
+
+def run_generate(spec: ExperimentSpec, arm: str, data: str | Path, model: str | Path | None,
+                 out: str | Path) -> dict[str, Any]:
+    """One arm's generate stage: every variant of the spec (only the base variants without ``model``)."""
+    from bakeoff.generate import generate
+
+    preflight(spec.evaluation)  # and again before generating: the endpoint may have gone since
+    arm_spec = spec.arm(arm)
+    variants = spec.variants if model is not None else [v for v in spec.variants if v != "fine-tuned"]
+    return generate(arm_spec, spec.generation, variants, data, model, out, template=spec.data.template,
+                    seed=spec.seed, method=spec.arm_method(arm_spec))
+
+
+def run_evaluate(spec: ExperimentSpec, arm: str, generations: str | Path, out: str | Path) -> dict[str, Any]:
+    """One arm's evaluate stage: every metric of the spec on its generations."""
+    from bakeoff.evaluate import evaluate
+
+    spec.arm(arm)  # a spec error naming the arms, for a misspelt one
+    return evaluate(arm, spec.evaluation, generations, out, seed=spec.seed)
+
+
+def run_report(spec: ExperimentSpec, data: str | Path, models: Paths, scores: Paths,
+               out: str | Path) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The report stage: results.json, report.html and report.md in ``out`` from every arm's artifacts."""
+    from bakeoff.report import report
+
+    return report(spec, data, list(models), list(scores), out)
+
+
+def run_report_from_results(results_file: str | Path, out: str | Path) -> dict[str, Path]:
+    """The pages again from a ``results.json`` alone."""
+    import json
+
+    from bakeoff.errors import BakeoffError
+    from bakeoff.report import write_report
+
+    try:
+        results = json.loads(Path(results_file).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise BakeoffError(f"{results_file}: cannot read results JSON: {exc}") from exc
+    return write_report(results, out)
+
+
+__all__ = ["preflight", "run_evaluate", "run_finetune", "run_generate", "run_prepare", "run_report",
+           "run_report_from_results"]
