@@ -24,13 +24,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def generation_seconds(prompts: list[str], batch_size: int) -> float:
-    from bakeoff.generate.generate import batched_greedy
+    from bakeoff.generate.generate import batched_greedy, prompt_ids
     from bakeoff.models import load_model, load_tokenizer
 
     model, tok = load_model("tiny://llama"), load_tokenizer("tiny://llama")
     model.eval()
+    ids = [prompt_ids(tok, p) for p in prompts]  # what the generate stage feeds (one BOS, from the tokenizer)
     started = time.perf_counter()
-    batched_greedy(model, tok, prompts, max_new_tokens=16, batch_size=batch_size)
+    batched_greedy(model, tok, ids, max_new_tokens=16, batch_size=batch_size)
     return time.perf_counter() - started
 
 

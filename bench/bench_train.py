@@ -62,9 +62,9 @@ def plain_trl(data_dir: Path, steps: int, pad_to: int | None, model: str = "tiny
                          bf16=gpu, fp16=False, use_cpu=not gpu, gradient_checkpointing=gpu, logging_steps=steps,
                          save_strategy="no", report_to=[], disable_tqdm=True, seed=spec.seed, dataloader_num_workers=0)
         dtype = torch.bfloat16 if gpu else torch.float32
-        trainer = SFTTrainer(model=load_model(model, dtype=dtype, device="cuda" if gpu else None), args=args,
-                             train_dataset=ds, processing_class=load_tokenizer(model),
-                             peft_config=peft_config(spec.peft, "llama"))
+        base = load_model(model, dtype=dtype, device="cuda" if gpu else None)
+        trainer = SFTTrainer(model=base, args=args, train_dataset=ds, processing_class=load_tokenizer(model),
+                             peft_config=peft_config(spec.peft, base))
         trainer.remove_callback(PrinterCallback)
         started = time.perf_counter()
         trainer.train()

@@ -4,6 +4,6 @@ Each body imports ``bakeoff`` inside the function: KFP ships the function's sour
 image, where the package is installed (``install_kfp_package=False``: the image has kfp too).
 """
 
-from bakeoff_components.stages import evaluate, finetune, generate, prepare_data, report
+from bakeoff_components.stages import evaluate, finetune, generate, generate_vllm, prepare_data, report
 
-__all__ = ["evaluate", "finetune", "generate", "prepare_data", "report"]
+__all__ = ["evaluate", "finetune", "generate", "generate_vllm", "prepare_data", "report"]

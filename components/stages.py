@@ -40,6 +40,10 @@ def generate(spec_json: str, arm: str, data: Input[Dataset], model: Input[Model]
     run_generate(spec_from_json(spec_json), arm, data.path, model.path, generations.path)
 
 
+# The same component in the GPU image with vLLM (backend auto picks vLLM there when it can serve the arm).
+generate_vllm = dsl.component(base_image=image_for("generate-vllm"), install_kfp_package=False)(generate.python_func)
+
+
 @dsl.component(base_image=image_for("evaluate"), install_kfp_package=False)
 def evaluate(spec_json: str, arm: str, generations: Input[Dataset], scores: Output[Dataset], metrics: Output[Metrics]):
     """Score one arm's answers; per-sample scores and the per-variant summary go to ``scores``."""

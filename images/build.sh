@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Build (and with PUSH=1 push) the stage images: images/build.sh [STAGE...]  (default: all five)
+# Build (and with PUSH=1 push) the stage images: images/build.sh [STAGE...]  (default: all six: the five
+# stages and generate-vllm, the GPU generate image with vLLM, which pins a torch of its own)
 # All five come from the one images/Dockerfile (--build-arg STAGE=<stage>); the table below is the one
 # place their per-stage build arguments live.
 #   REGISTRY        image prefix (default localhost:5000/bakeoff, as in src/bakeoff/images.py)
@@ -24,12 +25,13 @@ stage_args() {  # STAGE -> "BASE_IMAGE TORCH_VERSION"
     prepare)  echo "${BASE_IMAGE:-$CPU_BASE} -" ;;
     finetune) echo "${GPU_BASE_IMAGE:-$GPU_BASE} 2.13.0" ;;
     generate) echo "${GPU_BASE_IMAGE:-$GPU_BASE} 2.13.0" ;;
+    generate-vllm) echo "${GPU_BASE_IMAGE:-$GPU_BASE} 2.14.0" ;;  # vLLM 0.34.0 pins torch 2.14.0
     evaluate) echo "${BASE_IMAGE:-$CPU_BASE} -" ;;
     report)   echo "${BASE_IMAGE:-$CPU_BASE} -" ;;
     *) return 1 ;;
   esac
 }
-all_stages=(prepare finetune generate evaluate report)
+all_stages=(prepare finetune generate generate-vllm evaluate report)
 
 version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' src/bakeoff/__init__.py)
 REGISTRY=${REGISTRY:-localhost:5000/bakeoff}

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from bakeoff_components import evaluate, finetune, generate, prepare_data, report
+from bakeoff_components import evaluate, finetune, generate, generate_vllm, prepare_data, report
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Model
 
@@ -100,6 +100,14 @@ def placement_of(arm) -> str:
     return "one-node" if arm.nodes == 1 else "several-nodes"
 
 
+def gpu_generate(spec: ExperimentSpec):
+    """The generate component of the arms that generate on a GPU: the image with vLLM when the stage has a
+    GPU and the backend may be vLLM (auto picks it there for what it can serve), else the plain one."""
+    if spec.resources.generate.gpu is not None and spec.generation.backend in ("auto", "vllm"):
+        return generate_vllm
+    return generate
+
+
 def build_pipeline(spec: ExperimentSpec, local: bool = False):
     """The KFP pipeline function for ``spec``.
 
@@ -108,6 +116,7 @@ def build_pipeline(spec: ExperimentSpec, local: bool = False):
     placement and cannot resolve dsl.OneOf artifacts.
     """
     placements = {arm.name: placement_of(arm) for arm in spec.arms}
+    on_gpu = gpu_generate(spec)
     branching = not local and set(placements.values()) != {"one-node"}
     hosted = branching and "hosted" in placements.values()
     if branching:
@@ -134,7 +143,7 @@ def build_pipeline(spec: ExperimentSpec, local: bool = False):
     def generate_any(spec_json: str, arm: str, placement: str, data: Input[Dataset], model: Input[Model]) -> Dataset:
         """One arm's generation: on a GPU, or (hosted) through the provider's API from a CPU pod."""
         with dsl.If(placement != "hosted", name="on-gpu"):
-            gpu = stage(generate(spec_json=spec_json, arm=arm, data=data, model=model), "generate", spec)
+            gpu = stage(on_gpu(spec_json=spec_json, arm=arm, data=data, model=model), "generate", spec)
         with dsl.Else(name="hosted"):
             api = on_cpu(generate(spec_json=spec_json, arm=arm, data=data, model=model), "generate", spec,
                          "generate-hosted")
@@ -154,7 +163,7 @@ def build_pipeline(spec: ExperimentSpec, local: bool = False):
                 generations = generate_any(spec_json=spec_json, arm=arm, placement=item.placement, data=data,
                                            model=model).output
             else:
-                generations = stage(generate(spec_json=spec_json, arm=arm, data=data, model=model), "generate",
+                generations = stage(on_gpu(spec_json=spec_json, arm=arm, data=data, model=model), "generate",
                                     spec).outputs["generations"]
             ev = stage(evaluate(spec_json=spec_json, arm=arm, generations=generations),
                        "evaluate", spec)

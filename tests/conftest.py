@@ -11,6 +11,22 @@ from bakeoff.spec import load_spec
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(config, items):
+    """``gpu``-marked tests skip, saying so, where no CUDA GPU is visible."""
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    except ImportError:
+        cuda = False
+    if cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (make gpu-check runs the gpu-marked tests on one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def session_cache(tmp_path_factory) -> Path:
     """One model/judge cache for the whole session (tiny models are built once)."""

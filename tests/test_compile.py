@@ -138,7 +138,9 @@ def test_every_shipped_experiment_compiles_with_its_scheduling_and_images(path, 
                             ("prepare", "prepare-data"), ("report", "report")):
         res = getattr(spec.resources, stage)
         container = _executor(pipeline, executor)
-        assert container["image"].endswith(f"/bakeoff-{'prepare' if stage == 'prepare' else stage}:0.1.0")
+        image = "generate-vllm" if stage == "generate" and res.gpu and spec.generation.backend in ("auto", "vllm") \
+            else stage
+        assert container["image"].endswith(f"/bakeoff-{image}:0.1.0")
         if res.gpu:
             assert container["resources"]["accelerator"]["resourceType"] == res.gpu.type
             assert container["resources"]["accelerator"]["resourceCount"] == str(res.gpu.count)

@@ -70,14 +70,14 @@ def test_synthetic_records_shape_and_determinism():
 def test_llama2_inst_template_verbatim():
     assert LLAMA2_INST_PREAMBLE == PREAMBLE
     t = get_template("llama2-inst")
-    assert t.prompt("What is 2 plus 2?") == f"<s>[INST] {PREAMBLE}\n\nWhat is 2 plus 2? [/INST]\n\n"
+    assert t.prompt("What is 2 plus 2?") == f"[INST] {PREAMBLE}\n\nWhat is 2 plus 2? [/INST]\n\n"
     assert t.completion("4") == "4</s>"
 
 
 def test_template_input_and_stripping():
     t = get_template("llama2-inst")
-    assert t.prompt("  Translate.  ", " bonjour ") == f"<s>[INST] {PREAMBLE}\n\nTranslate.\n\nbonjour [/INST]\n\n"
-    assert t.prompt("Do it.", "   ") == f"<s>[INST] {PREAMBLE}\n\nDo it. [/INST]\n\n"
+    assert t.prompt("  Translate.  ", " bonjour ") == f"[INST] {PREAMBLE}\n\nTranslate.\n\nbonjour [/INST]\n\n"
+    assert t.prompt("Do it.", "   ") == f"[INST] {PREAMBLE}\n\nDo it. [/INST]\n\n"
     assert t.completion("  yes \n") == "yes</s>"
 
 

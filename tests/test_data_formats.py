@@ -229,7 +229,7 @@ class Encoder:
 
 
 def test_too_long_with_word_fallback(tmp_path, caplog):
-    # a normal prompt is about 19 words with the template, the long one about 79
+    # a normal instruction is a few words, the long one 60
     path = _write(tmp_path / "d.jsonl", _rows(10) + [{"instruction": "word " * 60, "output": "long"}])
     with caplog.at_level(logging.WARNING, logger="bakeoff.data.prepare"):
         result = prepare_data(_spec(DataSource(uri=str(path)), max_instruction_tokens=50), seed=0,
@@ -242,11 +242,12 @@ def test_too_long_with_word_fallback(tmp_path, caplog):
 
 @pytest.mark.parametrize(("tokenizers", "too_long", "name"), [
     ([Encoder()], 0, "Encoder"),  # 2 per word: at most about 40
-    ([WordPieces()], 1, "chars"),  # one per character: the 150-character word is over 200
+    ([WordPieces()], 1, "chars"),  # one per character: the 250-character word is over 200
     ([Encoder(), WordPieces()], 1, "Encoder"),  # over the limit with any tokenizer; the first names the count
 ])
 def test_too_long_with_tokenizers(tmp_path, caplog, tokenizers, too_long, name):
-    path = _write(tmp_path / "d.jsonl", _rows(10) + [{"instruction": "x" * 150, "output": "long"}])
+    # the instruction alone is counted (the seed's rule): one 250-character word
+    path = _write(tmp_path / "d.jsonl", _rows(10) + [{"instruction": "x" * 250, "output": "long"}])
     with caplog.at_level(logging.WARNING, logger="bakeoff.data.prepare"):
         result = prepare_data(_spec(DataSource(uri=str(path)), max_instruction_tokens=200), seed=0,
                               out_dir=tmp_path / "out", tokenizers=tokenizers)
@@ -382,7 +383,8 @@ def test_token_limit_counts_with_the_arms_tokenizers(tmp_path, cache_env):
         {"instruction": f"What is {i} plus 1?", "input": "", "output": str(i + 1)} for i in range(8)]
     src = tmp_path / "rows.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    limit = len(load_tokenizer("tiny://llama")(f"<s>[INST] {'x ' * 60}")["input_ids"])
+    # the long instruction's own tokens (no BOS, no template): the seed's rule keeps only shorter ones
+    limit = len(load_tokenizer("tiny://llama")(rows[1]["instruction"], add_special_tokens=False)["input_ids"])
     data = DataSpec(sources=[DataSource(uri=str(src))], split=SplitSpec(train=5, validation=2, test=2),
                     max_instruction_tokens=limit)
     result = prepare_for_arms(data, ["tiny://llama", "tiny://mixtral"], 0, tmp_path / "out")

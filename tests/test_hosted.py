@@ -247,12 +247,12 @@ def test_auto_epochs_follow_openais_default(n, epochs):
 
 
 def test_chat_examples_and_the_estimate():
-    example = {"prompt": "<s>[INST] Say hi [/INST]\n\n", "reference": " hi "}
+    example = {"prompt": "[INST] Say hi [/INST]\n\n", "reference": " hi "}  # as prepared: no BOS text
     line = chat_example(example, "llama2-inst", system_prompt="Be brief.")
     assert line == {"messages": [{"role": "system", "content": "Be brief."},
                                  {"role": "user", "content": "[INST] Say hi [/INST]"},
                                  {"role": "assistant", "content": "hi"}]}
-    shots = chat_messages(example, "llama2-inst", shots=[{"prompt": "<s>[INST] a [/INST]", "reference": "b"}])
+    shots = chat_messages(example, "llama2-inst", shots=[{"prompt": "[INST] a [/INST]", "reference": "b"}])
     assert [m["role"] for m in shots] == ["user", "assistant", "user"]
     spec = hosted_spec("http://x/v1", epochs=4, usd_per_1m_training_tokens=10.0).arm("gpt-4o-mini").hosted
     # 3 per example; per message 4 + ceil(chars / 3): 9/3=3, 21/3=7, 2/3->1

@@ -41,7 +41,7 @@ def build_calls(monkeypatch) -> list[str]:
 
 def test_tiny_model_is_built_once_and_cached(cache, build_calls):
     first = resolve_model("tiny://llama")
-    assert Path(first.path) == cache / "models" / "tiny-llama"
+    assert Path(first.path) == cache / "models" / f"tiny-llama-v{tiny_module.BUILD_VERSION}"
     assert first.uri == "tiny://llama" and first.kwargs == {}
     weights = Path(first.path) / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
@@ -50,7 +50,7 @@ def test_tiny_model_is_built_once_and_cached(cache, build_calls):
     assert build_calls == ["llama"]
     assert weights.stat().st_mtime_ns == mtime
     # no half-built temporary folders are left beside it
-    assert visible(cache / "models") == ["tiny-llama"]
+    assert visible(cache / "models") == [f"tiny-llama-v{tiny_module.BUILD_VERSION}"]
 
 
 def visible(folder: Path) -> list[str]:
@@ -76,12 +76,16 @@ def test_tiny_model_loads_and_runs(family):
     assert type(model).__name__ == FAMILIES[family]["class"]
     assert model.dtype == torch.float32
     assert model.config.vocab_size == len(tokenizer)
-    assert tokenizer.pad_token == "<pad>"
-    assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3]
+    # configured like the real Llama 2 tokenizer: <unk> 0, <s> 1, </s> 2, no pad token (bakeoff pads with EOS)
+    assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2]
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
+    assert tokenizer.convert_tokens_to_ids("<0x41>") == 3 + 0x41  # byte fallback
 
-    enc = tokenizer("<s>[INST] What is 8 plus 9? [/INST]\n\n", return_tensors="pt", add_special_tokens=False)
+    enc = tokenizer("[INST] What is 8 plus 9? [/INST]\n\n", return_tensors="pt")
     ids = enc["input_ids"]
-    assert ids[0, 0].item() == tokenizer.bos_token_id  # the template's <s> is one special token
+    assert ids[0, 0].item() == tokenizer.bos_token_id != ids[0, 1].item()  # add_bos_token: one BOS, added here
+    doubled = tokenizer("<s>[INST] What is 8 plus 9?")["input_ids"]
+    assert doubled[:2] == [tokenizer.bos_token_id] * 2  # as the real one: a BOS written as text is a second one
     model.eval()
     with torch.inference_mode():
         logits = model(**enc).logits
@@ -181,7 +185,7 @@ def test_s3_model_downloads_and_loads(s3, cache, tmp_path):
 
     model = load_model(uri)
     tokenizer = load_tokenizer(uri)
-    enc = tokenizer("<s>What is 8 plus 9?", return_tensors="pt", add_special_tokens=False)
+    enc = tokenizer("What is 8 plus 9?", return_tensors="pt")
     with torch.inference_mode():
         assert model(**enc).logits.shape[-1] == len(tokenizer)
 

@@ -9,16 +9,17 @@ import pytest
 from bakeoff.artifacts import read_split
 from bakeoff.data.prepare import prepare_data
 from bakeoff.errors import ModelError, SpecError
-from bakeoff.generate.generate import chat_prompt, few_shot_prompt
+from bakeoff.generate.generate import few_shot_prompt, prompt_ids
 from bakeoff.spec import DataSource, DataSpec, SplitSpec, parse_spec
 from bakeoff.templates import TEMPLATES, get_template
 
-LLAMA2 = ("<s>[INST] Below is an instruction that describes a task. Write a response that appropriately "
+# the seed paper writes <s> before [INST]: that is the BOS token the tokenizer adds, not text
+LLAMA2 = ("[INST] Below is an instruction that describes a task. Write a response that appropriately "
           "completes the request.\n\n{body} [/INST]\n\n")
 
 
 @pytest.mark.parametrize(("name", "instruction", "input_text", "prompt_has", "prompt_lacks"), [
-    ("llama2-inst", "Add 2 and 3.", "", ["<s>[INST] Below is an instruction", "\n\nAdd 2 and 3. [/INST]\n\n"], []),
+    ("llama2-inst", "Add 2 and 3.", "", ["[INST] Below is an instruction", "\n\nAdd 2 and 3. [/INST]\n\n"], ["<s>"]),
     ("llama2-inst", "Sum these.", "2, 3", ["Sum these.\n\n2, 3 [/INST]\n\n"], []),
     ("alpaca", "Sum these.", "2, 3", ["### Instruction:\nSum these.\n\n### Input:\n2, 3\n\n### Response:\n"], ["<s>"]),
     ("alpaca", "Add 2 and 3.", "", ["### Instruction:\nAdd 2 and 3.\n\n### Response:\n"], ["### Input:"]),
@@ -78,20 +79,21 @@ def test_chat_template_rows_carry_messages(tmp_path):
     assert row["completion"] == row["reference"]  # no literal end-of-sequence text: the chat template adds it
 
 
-class _Tok:
-    chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}<assistant>"
+def test_chat_few_shot_prompts_are_turns_rendered_by_the_tokenizers_template():
+    from bakeoff.models import load_tokenizer
 
-    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
-        assert add_generation_prompt and not tokenize
-        return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
-
-
-def test_chat_prompts_use_the_tokenizers_template():
     shots = [{"instruction": "1+1?", "input": "", "reference": "2"}]
-    prompt = few_shot_prompt("chat", shots, {"instruction": "2+2?", "input": ""}, _Tok())
-    assert prompt == "<user>1+1?<assistant>2<user>2+2?<assistant>"
+    prompt = few_shot_prompt("chat", shots, {"instruction": "2+2?", "input": ""})
+    assert prompt == [{"role": "user", "content": "1+1?"}, {"role": "assistant", "content": "2"},
+                      {"role": "user", "content": "2+2?"}]
+    tok = load_tokenizer("tiny://llama")
+    tok.chat_template = ("{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+                         "{% if add_generation_prompt %}<assistant>{% endif %}")
+    ids = prompt_ids(tok, prompt)
+    assert ids[0] == tok.bos_token_id != ids[1]  # the chat template's BOS, once
+    assert tok.decode(ids) == "<s><user>1+1?<assistant>2<user>2+2?<assistant>"
     with pytest.raises(ModelError, match="chat template"):
-        chat_prompt(object(), [{"role": "user", "content": "x"}])
+        prompt_ids(object(), [{"role": "user", "content": "x"}])
 
 
 def test_every_builtin_template_is_tested():

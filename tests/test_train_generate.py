@@ -12,9 +12,9 @@ from bakeoff.data.prepare import prepare_data
 from bakeoff.errors import SpecError
 from bakeoff.generate import generate
 from bakeoff.generate.generate import few_shot_prompt
+from bakeoff.models.loading import resolve_precision
 from bakeoff.spec import GenerationSpec, parse_spec
 from bakeoff.train import finetune
-from bakeoff.train.finetune import resolve_precision
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,21 @@ def requirements(pyproject: str, stage: str, pins: list[str]) -> list[str]:
     extras = project["optional-dependencies"]
     if stage not in extras:
         sys.exit(f"no extra {stage!r} in {pyproject}; extras: {', '.join(sorted(extras))}")
-    wanted = list(project.get("dependencies", [])) + extras[stage] + extras["pipeline"]
+    wanted = list(project.get("dependencies", [])) + expand(extras, stage, project["name"]) + extras["pipeline"]
     pinned = {re.split(r"[<>=!~\[ ;]", pin, maxsplit=1)[0].lower(): pin for pin in pins}
     out = []
     for req in wanted:
         name = re.split(r"[<>=!~\[ ;]", req, maxsplit=1)[0].lower()
         out.append(pinned.pop(name, req))
+    return out
+
+
+def expand(extras: dict, extra: str, name: str) -> list[str]:
+    """An extra's requirements, with the package's own extras it names (``bakeoff[generate]``) expanded."""
+    out = []
+    for req in extras[extra]:
+        own = re.fullmatch(rf"{re.escape(name)}\[([^\]]+)\]", req.strip())
+        out += [r for e in own.group(1).split(",") for r in expand(extras, e.strip(), name)] if own else [req]
     return out
 
 

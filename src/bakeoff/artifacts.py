@@ -79,7 +79,7 @@ class TrainResult:
     arm: str
     model: str
     method: str
-    seconds: float
+    seconds: float  # training time (every segment of a resumed run), evaluation excluded
     steps: int
     epochs: float
     train_tokens: int
@@ -103,13 +103,16 @@ class TrainResult:
     quantization: str | None = None
     world_size: int = 1  # processes (one per GPU) that trained together
     distributed: str | None = None  # "ddp" or "fsdp" when world_size > 1
+    evaluation_seconds: float | None = None  # validation passes, not in seconds, gpu_hours or cost_usd
+    segments: int = 1  # runs that trained it (more than 1 after a resume; seconds and tokens are their sums)
+    rows: dict[str, int] = field(default_factory=dict)  # train rows: kept, dropped, cut at max_seq_length
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def metrics(self) -> dict[str, float]:
         """Scalar figures for KFP Metrics (no None values), the validation curve as one scalar per evaluation."""
-        keys = ("seconds", "steps", "train_tokens", "tokens_per_second", "gpu_hours", "cost_usd",
+        keys = ("seconds", "evaluation_seconds", "steps", "train_tokens", "tokens_per_second", "gpu_hours", "cost_usd",
                 "trainable_params", "final_train_loss", "final_validation_loss", "best_step",
                 "best_validation_loss", "peak_memory_gb")
         out = {k: float(getattr(self, k)) for k in keys if getattr(self, k) is not None}
@@ -176,6 +179,12 @@ def read_generations(gen_dir: str | Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path}: missing; was the generate stage run into {gen_dir}?")
     return read_jsonl(path)
+
+
+def read_generation_summary(gen_dir: str | Path) -> dict[str, Any]:
+    """The ``generation.json`` summary (backend, why it was chosen, precision, timing), {} when absent."""
+    path = Path(gen_dir) / GENERATION_SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 # --- evaluate -> report ----------------------------------------------------------------------------------

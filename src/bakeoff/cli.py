@@ -158,6 +158,51 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_tokens(args) -> int:
+    import tempfile
+
+    from bakeoff.stages import run_tokens
+
+    spec = load_spec(args.spec)
+    with tempfile.TemporaryDirectory(prefix="bakeoff-tokens-") as tmp:
+        data = args.data
+        if data is None:  # prepare the spec's data here (no judge preflight: nothing is paid for)
+            from bakeoff.data.prepare import prepare_for_arms
+
+            prepare_for_arms(spec.data, [a.model for a in spec.arms if not a.is_hosted], spec.seed, tmp)
+            data = tmp
+        views = run_tokens(spec, args.arm, data, n=args.n)
+    if args.json:
+        print(json.dumps(views, indent=2))
+    else:
+        print(_tokens_text(views))
+    ok = all(v["checks"]["train_bos"] <= 1 and v["checks"]["generate_bos"] == v["checks"]["train_bos"]
+             and v["checks"]["generate_is_train_prompt"] for v in views)
+    return 0 if ok else 1
+
+
+def _tokens_text(views: list[dict]) -> str:
+    lines = []
+    for i, v in enumerate(views, 1):
+        trained = sum(1 for t in v["train_labels"] if t != -100)
+        c = v["checks"]
+        lines += [
+            f"example {i} of {len(views)}: {v['id']} ({len(v['train_input_ids'])} training tokens, {trained} with "
+            f"loss{', truncated' if v['truncated'] else ''})",
+            f"  train ids      {v['train_input_ids']}",
+            f"  train labels   {v['train_labels']}",
+            f"  prompt (no loss)   {v['train_prompt_text']!r}",
+            f"  completion (loss)  {v['train_completion_text']!r}",
+            f"  generate ids   {v['generate_input_ids']}",
+            "                 (transformers and vLLM are fed these; a completions server derives them from the text, "
+            "a chat server from the messages)",
+            f"  checks         BOS at the start of training: {c['train_bos']}, of generation: {c['generate_bos']}; "
+            "generation input = training input up to the completion: "
+            f"{'yes' if c['generate_is_train_prompt'] else 'NO'}",
+        ]
+    return "\n".join(lines)
+
+
 def _cmd_synth_data(args) -> int:
     from bakeoff.fixtures.smoke import write_smoke_dataset
     from bakeoff.fixtures.sql import write_sql_fixture
@@ -196,7 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
                    "results.json from the artifact store (S3_ENDPOINT and credentials) into DIR")
     s.add_argument("--timeout", type=int, default=86400, help="seconds to wait (default a day)")
     s.set_defaults(func=_cmd_run)
+    _stage_commands(sub)
+    return p
 
+
+def _stage_commands(sub) -> None:
+    """The commands that run one stage (or show one stage's view) outside KFP."""
     s = sub.add_parser("compile", help="write the KFP pipeline YAML for a spec")
     s.add_argument("spec")
     s.add_argument("-o", "--output", required=True)
@@ -236,13 +286,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_report)
 
+    s = sub.add_parser("tokens", help="show the exact token ids an arm trains on (with the loss mask) and "
+                       "each generation backend feeds, for the first test examples")
+    s.add_argument("spec")
+    s.add_argument("--arm", required=True)
+    s.add_argument("--n", type=int, default=3, help="test examples (default 3)")
+    s.add_argument("--data", help="a prepare output folder (default: prepare the spec's data here)")
+    s.add_argument("--json", action="store_true", help="one object per example: train_input_ids, train_labels, "
+                   "generate_input_ids, checks")
+    s.set_defaults(func=_cmd_tokens)
+
     s = sub.add_parser("synth-data", help="write the project's own offline data sets (smoke, sql, viggo)")
     s.add_argument("output", help="a .jsonl file (smoke, viggo) or a folder (sql: sql.jsonl + databases/)")
     s.add_argument("--kind", choices=("smoke", "sql", "viggo"), default="smoke")
     s.add_argument("--n", type=int, help="records (default 1000 for smoke, 400 otherwise)")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=_cmd_synth_data)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

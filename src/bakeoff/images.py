@@ -12,14 +12,16 @@ import os
 from bakeoff import __version__
 
 STAGES = ("prepare", "finetune", "generate", "evaluate", "report")
+# The GPU generate image with vLLM (its own torch pin: images/build.sh); the GPU generate tasks run in it.
+IMAGES = (*STAGES, "generate-vllm")
 IMAGE_USER = 10001  # the non-root user every stage image runs as (images/Dockerfile)
 DEFAULT_REGISTRY = "localhost:5000/bakeoff"
 
 
 def image_for(stage: str) -> str:
     """The image reference of ``stage``."""
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+    if stage not in IMAGES:
+        raise ValueError(f"unknown image {stage!r}; images are {', '.join(IMAGES)}")
     registry = os.environ.get("BAKEOFF_REGISTRY", DEFAULT_REGISTRY).rstrip("/")
     tag = os.environ.get("BAKEOFF_IMAGE_TAG", __version__)
     return f"{registry}/bakeoff-{stage}:{tag}"

@@ -15,7 +15,7 @@ from typing import Any
 
 from bakeoff import endpoints
 from bakeoff.artifacts import TrainResult
-from bakeoff.errors import EvaluationError
+from bakeoff.errors import EvaluationError, SpecError
 from bakeoff.spec import EvaluationSpec, ExperimentSpec
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def run_generate(spec: ExperimentSpec, arm: str, data: str | Path, model: str | 
     arm_spec = spec.arm(arm)
     variants = spec.variants if model is not None else [v for v in spec.variants if v != "fine-tuned"]
     return generate(arm_spec, spec.generation, variants, data, model, out, template=spec.data.template,
-                    seed=spec.seed, method=spec.arm_method(arm_spec))
+                    seed=spec.seed, method=spec.arm_method(arm_spec), precision=spec.training.precision)
 
 
 def run_evaluate(spec: ExperimentSpec, arm: str, generations: str | Path, out: str | Path) -> dict[str, Any]:
@@ -77,6 +77,40 @@ def run_report(spec: ExperimentSpec, data: str | Path, models: Paths, scores: Pa
     return report(spec, data, list(models), list(scores), out)
 
 
+def run_tokens(spec: ExperimentSpec, arm: str, data: str | Path, n: int = 3) -> list[dict[str, Any]]:
+    """For the first ``n`` test examples of ``data`` (a prepare output): the ids ``arm`` trains on with
+    their labels, the ids every generation backend feeds (transformers and vLLM get these; a completions
+    server derives the same from the text with its BOS; a chat server from the messages), and the checks:
+    one BOS in each, and the generation input equal to the training input up to the completion."""
+    from bakeoff.artifacts import read_split
+    from bakeoff.generate.generate import prompt_ids, variant_prompts
+    from bakeoff.models import load_tokenizer
+    from bakeoff.train.tokens import leading_bos, training_view
+
+    arm_spec = spec.arm(arm)
+    if arm_spec.is_hosted:
+        raise SpecError(f"arms: {arm} is a hosted arm: its provider tokenizes; pick a local arm")
+    tokenizer = load_tokenizer(arm_spec.model, trust_remote_code=arm_spec.trust_remote_code)
+    # TRL truncates rows to max_length, except padding-free (no max_length) and packing (it chunks instead)
+    max_length = None if spec.training.batching in ("padding-free", "packing") else spec.training.max_seq_length
+    test = read_split(data, "test")[:n]
+    out = []
+    for ex, prompt in zip(test, variant_prompts(spec.data.template, "fine-tuned", test, ()), strict=True):
+        train = training_view(tokenizer, ex, max_length)
+        generate = prompt_ids(tokenizer, prompt)
+        start = train["prompt_length"]
+        out.append({
+            "id": ex["id"], "train_input_ids": train["input_ids"], "train_labels": train["labels"],
+            "generate_input_ids": generate, "truncated": train["truncated"],
+            "train_prompt_text": tokenizer.decode(train["input_ids"][:start]),
+            "train_completion_text": tokenizer.decode(train["input_ids"][start:]),
+            "checks": {"train_bos": leading_bos(tokenizer, train["input_ids"]),
+                       "generate_bos": leading_bos(tokenizer, generate),
+                       "generate_is_train_prompt": generate == train["input_ids"][:start]},
+        })
+    return out
+
+
 def run_report_from_results(results_file: str | Path, out: str | Path) -> dict[str, Path]:
     """The pages again from a ``results.json`` alone."""
     import json
@@ -92,4 +126,4 @@ def run_report_from_results(results_file: str | Path, out: str | Path) -> dict[s
 
 
 __all__ = ["preflight", "run_evaluate", "run_finetune", "run_generate", "run_prepare", "run_report",
-           "run_report_from_results"]
+           "run_report_from_results", "run_tokens"]

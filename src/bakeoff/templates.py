@@ -2,7 +2,8 @@
 
 Built in:
 - ``llama2-inst``: the seed paper's template, verbatim:
-  ``<s>[INST] Below is an instruction ... \\n\\n{input} [/INST]\\n\\n{response}</s>``;
+  ``<s>[INST] Below is an instruction ... \\n\\n{input} [/INST]\\n\\n{response}</s>``, where ``<s>`` is the
+  BOS token the tokenizer adds (see below), not text;
 - ``alpaca``: the Stanford Alpaca prompt (with and without an input);
 - ``text-to-sql``: question and table definitions in, one SQL query out (the seed blog's task, in
   this project's own words);
@@ -15,7 +16,13 @@ A spec may also give its own: ``template: {prompt: "...{instruction}...{input}..
 Placeholders: ``{instruction}``, ``{input}`` and ``{body}`` (the instruction, then the input after a
 blank line when there is one). The built-in templates end each completion with ``</s>``, the
 end-of-sequence text of the LLaMA 2, Mistral, Mixtral and CodeLlama tokenizers; a user template sets
-its own ``bos`` and ``eos``.
+its own ``eos``.
+
+One BOS, added one way: no built-in template writes a BOS as text. The tokenizer adds its own when it
+encodes the text with its special tokens (``add_bos_token``: the Llama 2, Mistral, Mixtral and
+CodeLlama tokenizers), and so do TRL when it trains, the generate stage (transformers and vLLM are fed
+the same ids) and an OpenAI-compatible completions server. A user template's ``bos`` is for a
+tokenizer that adds none of its own; one that does would get two, which the finetune stage refuses.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ class Template:
     name: str
     prompt_format: str
     completion_format: str = "{response}"
-    bos: str = "<s>"
+    bos: str = ""  # text before the prompt; empty: the tokenizer adds its own BOS
     eos: str = "</s>"
     prompt_format_no_input: str | None = None  # used instead when the record has no input
     chat: bool = False  # rendered by the tokenizer's chat template, not by prompt_format
@@ -68,7 +75,6 @@ TEMPLATES: dict[str, Template] = {
     ),
     "alpaca": Template(
         name="alpaca",
-        bos="",
         prompt_format=(
             "Below is an instruction that describes a task, paired with an input that provides further "
             "context. Write a response that appropriately completes the request.\n\n"
@@ -81,7 +87,6 @@ TEMPLATES: dict[str, Template] = {
     ),
     "text-to-sql": Template(
         name="text-to-sql",
-        bos="",
         prompt_format=(
             "You translate questions about a database into SQL. Using only the tables defined below, "
             "write the single SQL query that answers the question. Reply with the query and nothing else.\n\n"
@@ -90,7 +95,6 @@ TEMPLATES: dict[str, Template] = {
     ),
     "viggo": Template(
         name="viggo",
-        bos="",
         prompt_format=(
             "Write the meaning representation of the sentence: one dialogue act (inform, request, "
             "request_attribute, request_explanation, confirm, verify_attribute, give_opinion, recommend or "
@@ -98,7 +102,7 @@ TEMPLATES: dict[str, Template] = {
             "### Sentence:\n{input}\n\n### Meaning representation:\n"
         ),
     ),
-    "chat": Template(name="chat", prompt_format="{body}", bos="", eos="", chat=True),
+    "chat": Template(name="chat", prompt_format="{body}", eos="", chat=True),
 }
 
 

@@ -6,8 +6,9 @@ same) or from the Hub (``hf://``), and each record is mapped from its format (``
 A malformed row is a DataError naming ``file:row`` and the field, or, with ``on_error: skip``, is
 counted as ``dropped.malformed`` and logged. Then, in order: empty instructions or responses, exact
 duplicates (same instruction, input and output), normalised duplicates (the same after lowercasing,
-collapsing whitespace and stripping punctuation at the ends) and prompts over
-``max_instruction_tokens`` are dropped; the first occurrence of a duplicate is kept. After the
+collapsing whitespace and stripping punctuation at the ends) and records whose instruction (with its
+input) is not shorter than ``max_instruction_tokens`` (the seed paper's rule: "instructions shorter than
+2048 tokens", counted without special tokens) are dropped; the first occurrence of a duplicate is kept. After the
 seeded shuffle and split, test examples whose normalised prompt also occurs in train are counted
 (``leakage.test_in_train``) and, with ``remove_leakage``, replaced by unused rows that do not leak
 (or just removed when none are left).
@@ -63,6 +64,7 @@ class PrepareResult:
     files: dict[str, str] = field(default_factory=dict)
     leakage: dict[str, int] = field(default_factory=dict)
     token_count: str = "words"
+    unwrapped: int = 0  # prompts whose Alpaca-style wrapper was removed (a source's unwrap: alpaca)
     token_lengths: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,11 +284,35 @@ def token_counter(tokenizer: Any | None) -> Callable[[str], int]:
     """Tokens in a text with ``tokenizer`` (``tok(text)["input_ids"]`` or ``tok.encode(text)``), else words."""
     if tokenizer is None:
         return lambda text: len(text.split())
+    if hasattr(tokenizer, "bos_token_id"):  # a transformers tokenizer: the text's own tokens, no BOS / EOS
+        return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
     if callable(tokenizer):
         return lambda text: len(tokenizer(text)["input_ids"])
     if hasattr(tokenizer, "encode"):
         return lambda text: len(tokenizer.encode(text))
     raise TypeError(f"{type(tokenizer).__name__}: a tokenizer must be callable or have .encode")
+
+
+# An Alpaca-style wrapper a source's prompts already carry (mosaicml/instruct-v3's): an optional preamble,
+# "### Instruction" (colon optional), the instruction, an optional "### Input" block, then "### Response".
+_ALPACA_WRAPPER = re.compile(
+    r"^\s*(?:Below is an instruction[^\n]*?(?:request|task)\.?\s*)?###\s*Instruction:?\s*(?P<instruction>.*?)"
+    r"(?:\s*###\s*Input:?\s*(?P<input>.*?))?\s*###\s*Response:?\s*$", re.DOTALL)
+
+
+def unwrap_alpaca(instruction: str, input_text: str = "") -> tuple[str, str, int]:
+    """The instruction (and input) inside an Alpaca-style wrapper, so the template wraps it once; a text
+    without the wrapper as it is. The third value is 1 when a wrapper was removed."""
+    match = _ALPACA_WRAPPER.match(instruction)
+    if not match or not match.group("instruction").strip():
+        return instruction, input_text, 0
+    inner = (match.group("input") or "").strip()
+    return match.group("instruction").strip(), "\n\n".join(x for x in (inner, input_text.strip()) if x), 1
+
+
+def _instruction(ex: dict) -> str:
+    """The instruction a record asks, its input after a blank line (what the seed's length rule counts)."""
+    return f"{ex['instruction']}\n\n{ex['input']}" if ex.get("input") else ex["instruction"]
 
 
 def percentiles(values: Sequence[int]) -> dict[str, int]:
@@ -317,6 +343,9 @@ def _read_examples(data: DataSpec, template, dropped: dict[str, int]) -> tuple[d
             count += 1
             try:
                 instruction, input_text, output = extract_record(label, record, source.format, source.fields)
+                if source.unwrap == "alpaca":
+                    instruction, input_text, unwrapped = unwrap_alpaca(instruction, input_text)
+                    dropped["unwrapped"] = dropped.get("unwrapped", 0) + unwrapped
             except DataError as exc:
                 if not skip:
                     raise
@@ -384,16 +413,17 @@ def prepare_data(data: DataSpec, seed: int, out_dir: str | Path, *, tokenizers: 
     template = get_template(data.template)
     dropped = {"empty_instruction": 0, "empty_response": 0}
     rows_read, examples = _read_examples(data, template, dropped)
+    unwrapped = dropped.pop("unwrapped", 0)  # counted alongside, not a reason to drop
     if data.dedupe:
         examples = _dedupe(examples, dropped)
     counters = [token_counter(t) for t in tokenizers] or [token_counter(None)]
     token_count = _tokenizer_name(tokenizers[0]) if tokenizers else "words"
     if data.max_instruction_tokens is not None:
         if not tokenizers:
-            log.warning("data.max_instruction_tokens: no tokenizer given, so prompt length is counted in words")
+            log.warning("data.max_instruction_tokens: no tokenizer given, so instruction length is counted in words")
         before = len(examples)
         examples = [ex for ex in examples
-                    if max(count(ex["prompt"]) for count in counters) <= data.max_instruction_tokens]
+                    if max(count(_instruction(ex)) for count in counters) < data.max_instruction_tokens]
         dropped["too_long"] = before - len(examples)
 
     sizes = data.split.sizes(len(examples))
@@ -437,7 +467,7 @@ def prepare_data(data: DataSpec, seed: int, out_dir: str | Path, *, tokenizers: 
         files[name] = write_split(out, name, parts[name]).name
     rows = {name: len(part) for name, part in parts.items()}
     result = PrepareResult(str(out), rows_read, dropped, rows, unused=len(spare), files=files, leakage=leakage,
-                           token_count=token_count, token_lengths=token_lengths)
+                           token_count=token_count, token_lengths=token_lengths, unwrapped=unwrapped)
     write_stats(out, {k: v for k, v in result.to_dict().items() if k != "out_dir"})  # the same bytes anywhere
     log.info("prepared %s (dropped %s)", rows, dropped)
     return result

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bakeoff import endpoints
-from bakeoff.artifacts import read_generations, write_evaluation
+from bakeoff.artifacts import read_generation_summary, read_generations, write_evaluation
 from bakeoff.errors import EvaluationError
 from bakeoff.evaluate.judge import Judge
 from bakeoff.evaluate.metrics import exact_match
@@ -67,7 +67,9 @@ def evaluate(
     explanations: dict[int, str] = {}
 
     reasons: dict[int, dict[str, str]] = defaultdict(dict)
-    health_extra: dict[str, Any] = {}
+    generated = read_generation_summary(generations_dir)
+    health_extra: dict[str, Any] = {"generation": {k: generated[k] for k in ("backend", "backend_reason", "precision")
+                                                   if generated.get(k) is not None}} if generated else {}
     if "exact_match" in evaluation.metrics:
         for i, row in enumerate(rows):
             scores[i]["exact_match"] = exact_match(row["reference"], row["answer"],

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bakeoff.errors import ModelError, StorageError
+from bakeoff.errors import ModelError, SpecError, StorageError
 from bakeoff.storage import atomic_dir, cache_root, download_s3_prefix, parse_hf_uri
 
 log = logging.getLogger(__name__)
@@ -28,10 +28,10 @@ class ResolvedModel:
 def resolve_model(uri: str) -> ResolvedModel:
     """Map ``tiny://``, ``hf://``, ``s3://`` or a local path to a loadable location."""
     if uri.startswith("tiny://"):
-        from bakeoff.models.tiny import build_tiny_model
+        from bakeoff.models.tiny import BUILD_VERSION, build_tiny_model
 
         family = uri[len("tiny://"):]
-        final = cache_root() / "models" / f"tiny-{family}"
+        final = cache_root() / "models" / f"tiny-{family}-v{BUILD_VERSION}"
         path = atomic_dir(final, lambda tmp: build_tiny_model(family, tmp))
         return ResolvedModel(uri, str(path))
     if uri.startswith("hf://"):
@@ -81,10 +81,11 @@ def load_tokenizer(uri: str, trust_remote_code: bool = False):
 
 
 def load_model(uri: str, dtype=None, trust_remote_code: bool = False, device: str | None = None,
-               quantization_config=None):
+               quantization_config=None, device_map: str | dict | None = None):
     """A causal LM from safetensors weights, in ``dtype`` (float32 by default), on ``device``.
 
     With a ``quantization_config`` (4-bit for QLoRA) the weights are quantized as they load, on ``device``.
+    ``device_map`` (e.g. ``auto``: the layers spread over every visible GPU) replaces ``device``.
     """
     import torch
     from transformers import AutoModelForCausalLM
@@ -96,15 +97,37 @@ def load_model(uri: str, dtype=None, trust_remote_code: bool = False, device: st
             dtype=dtype or torch.float32,
             use_safetensors=True,
             trust_remote_code=trust_remote_code,
-            **({"quantization_config": quantization_config, "device_map": {"": device or "cpu"}}
-               if quantization_config is not None else {}),
+            **({"quantization_config": quantization_config} if quantization_config is not None else {}),
+            **({"device_map": device_map} if device_map is not None else
+               {"device_map": {"": device or "cpu"}} if quantization_config is not None else {}),
             **resolved.kwargs,
         )
     except Exception as exc:
         raise _load_error(uri, exc) from exc
-    if device and quantization_config is None:
+    if device and quantization_config is None and device_map is None:
         model.to(device)
     return model
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` -> bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on CPU (training and
+    generation alike)."""
+    import torch
+
+    if precision != "auto":
+        if device == "cpu" and precision == "fp16":
+            raise SpecError("training.precision: fp16 needs a CUDA device; use fp32 or auto on CPU")
+        return precision
+    if device == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "fp32"
+
+
+def torch_dtype(precision: str):
+    """The torch dtype of a resolved precision."""
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
 
 
 def pick_device() -> str:
@@ -114,10 +137,11 @@ def pick_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def quantization_config(compute_dtype):
+def quantization_config(compute_dtype, quant_storage=None):
     """4-bit NF4 with double quantization (QLoRA): how a QLoRA arm's base is loaded, for training and for
-    generating with its adapter."""
+    generating with its adapter. ``quant_storage`` (the compute dtype) lets FSDP shard the 4-bit weights."""
     from transformers import BitsAndBytesConfig
 
+    extra = {"bnb_4bit_quant_storage": quant_storage} if quant_storage is not None else {}
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=compute_dtype)
+                              bnb_4bit_compute_dtype=compute_dtype, **extra)

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 VARIANT_ORDER = ("fine-tuned", "base-zero-shot", "base-few-shot")
 MAX_SAMPLES_PER_ARM = 20
+HEALTH_SECTIONS = (("generation", "Generation"), ("sql", "SQL execution (mode counts)"), ("ragas", "RAGAS"))
 
 
 @functools.cache
@@ -191,6 +192,8 @@ def _training(results: dict, arms: list[str]) -> list[dict[str, str]]:
             "method": t.get("method") or "",
             "device": t.get("device") or "n/a", "gpu": gpu, "steps": _fmt(t.get("steps")),
             "epochs": _fmt(t.get("epochs"), ".2f"), "wall": _duration(t.get("seconds")),
+            "eval_time": _duration(t.get("evaluation_seconds")),
+            "rows": _rows(t.get("rows") or {}), "segments": _fmt(t.get("segments")),
             "tokens": _fmt(t.get("train_tokens")), "tps": _fmt(t.get("tokens_per_second"), ",.0f"),
             "gpu_hours": _fmt(t.get("gpu_hours"), ".3f"),
             "cost": "n/a" if t.get("cost_usd") is None else f"${t['cost_usd']:,.2f}",
@@ -208,7 +211,9 @@ def _training(results: dict, arms: list[str]) -> list[dict[str, str]]:
 TRAINING_FIELDS = [
     ("trained_by", "Trained by"), ("model", "Model"), ("method", "Method"), ("device", "Device"),
     ("gpu", "GPU type x count"),
-    ("steps", "Steps"), ("epochs", "Epochs"), ("wall", "Wall time"), ("tokens", "Train tokens"),
+    ("steps", "Steps"), ("epochs", "Epochs"), ("wall", "Training time (evaluation apart)"),
+    ("eval_time", "Evaluation time"), ("segments", "Runs (segments)"), ("rows", "Train rows"),
+    ("tokens", "Train tokens"),
     ("tps", "Tokens/s"), ("gpu_hours", "GPU hours"), ("cost", "Cost (USD)"), ("params", "Trainable / total params"),
     ("train_loss", "Final train loss"), ("val_loss", "Final validation loss"),
     ("best", "Kept: lowest validation loss"), ("memory", "Peak memory (GB)"), ("resumed", "Resumed"),
@@ -216,6 +221,14 @@ TRAINING_FIELDS = [
     ("judge_gain", "Judge score gained"),
     ("per_point", "Cost per judge point gained (USD)"),
 ]
+
+
+def _rows(rows: dict) -> str:
+    """Train rows as the trainer used them: trained of read, with what it dropped or cut."""
+    if not rows:
+        return "n/a"
+    return (f"{_fmt(rows.get('trained'))} of {_fmt(rows.get('train'))} (dropped: "
+            f"{_fmt(rows.get('dropped_no_completion'))}, cut at max_seq_length: {_fmt(rows.get('at_max_length'))})")
 
 
 def _usd(value: Any) -> str:
@@ -321,8 +334,7 @@ def _context(results: dict) -> dict[str, Any]:
             health.append({"arm": arm, "adapter_applied": h.get("adapter_applied"),
                            "identical": _fmt(h.get("identical_to_base")), "judge": h.get("judge"),
                            "others": {label: ", ".join(f"{k}={v}" for k, v in h[key].items())
-                                      for key, label in (("sql", "SQL execution (mode counts)"), ("ragas", "RAGAS"))
-                                      if isinstance(h.get(key), dict)}})
+                                      for key, label in HEALTH_SECTIONS if isinstance(h.get(key), dict)}})
     data = results.get("data") or {}
     return {
         "name": experiment.get("name") or "unnamed",

@@ -34,6 +34,10 @@ class DataSource(Strict):
         default="alpaca", description="the record format, which names the fields read from each row")
     fields: dict[str, str] | None = Field(default=None, description="canonical field name -> column name in the file")
     keep: list[str] = Field(default_factory=list, description="columns copied into each example's meta (e.g. db_id)")
+    unwrap: Literal["none", "alpaca"] = Field(
+        default="none", description="alpaca: the source's prompts already carry an Alpaca-style wrapper (Below is "
+        "an instruction ... ### Instruction ... ### Response, as mosaicml/instruct-v3's do): keep only the "
+        "instruction (and input) inside it, so the template wraps it once; counted in stats.json's unwrapped")
 
     @model_validator(mode="after")
     def _known_fields(self) -> DataSource:
@@ -102,7 +106,8 @@ class UserTemplate(Strict):
     prompt: str = Field(min_length=1, description="the prompt, ending where the answer starts; {instruction}, "
                         "{input} and {body} (the instruction, then the input after a blank line) are filled in")
     completion: str = Field(default="{response}", description="what the model learns to write; needs {response}")
-    bos: str = Field(default="", description="text written before the prompt (e.g. <s>)")
+    bos: str = Field(default="", description="text written before the prompt, only for a tokenizer that adds no BOS "
+                     "of its own (the Llama 2, Mistral, Mixtral and CodeLlama tokenizers add theirs)")
     eos: str = Field(default="</s>", description="text written after the completion (the tokenizer's end of "
                      "sequence)")
 
@@ -151,7 +156,9 @@ class DataSpec(Strict):
     )
     dedupe: bool = Field(default=True, description="drop exact and normalised duplicate records")
     max_instruction_tokens: int | None = Field(
-        default=None, gt=0, description="drop records whose templated prompt is longer (tokens, else words)"
+        default=None, gt=0, description="keep only records whose instruction (with its input) is shorter than "
+        "this many tokens, counted with every local arm's tokenizer without special tokens (words without "
+        "one): the seed paper's rule"
     )
     remove_leakage: bool = Field(default=True, description="remove test examples whose prompt occurs in train")
 

@@ -160,11 +160,28 @@ class ExperimentSpec(Strict):
             errors += self._peft_errors(i, arm)
         if len(set(self.variants)) != len(self.variants):
             errors.append("variants: must be unique")
+        errors += self._endpoint_api_errors()
         if not errors:
             errors += self._secret_conflicts()
         if errors:
             raise SpecError(errors)
         return self
+
+    def _endpoint_api_errors(self) -> list[str]:
+        """A generation endpoint's API must match the template: chat messages go with the chat template (the
+        server applies it once), a text prompt with completions (a chat API would wrap it a second time)."""
+        endpoint, template = self.generation.endpoint, self.data.template
+        if self.generation.backend != "openai" or endpoint is None or all(a.is_hosted for a in self.arms):
+            return []
+        chat = template == "chat"
+        if endpoint.api == "chat" and not chat:
+            return [f"generation.endpoint.api: chat applies the model's chat template to the messages, but "
+                    f"data.template {template if isinstance(template, str) else '(your own)'} already renders the "
+                    "prompt; use api completions, or data.template chat"]
+        if endpoint.api == "completions" and chat:
+            return ["generation.endpoint.api: completions sends a text, but data.template chat renders the prompt "
+                    "with the tokenizer's chat template; use api chat (the server applies it)"]
+        return []
 
     def _peft_errors(self, i: int, arm: ArmSpec) -> list[str]:
         merged = merge_peft(self.peft, arm.peft)

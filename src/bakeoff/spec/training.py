@@ -9,6 +9,14 @@ from pydantic.fields import FieldInfo
 
 from bakeoff.spec.base import Strict
 
+# IA3's learning rate when the arm sets none: the IA3 paper's (Liu et al. 2022, "Few-Shot
+# Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning"), about a hundred times
+# LoRA's: IA3 trains scaling vectors that start at one, which move little at LoRA's rate.
+IA3_LEARNING_RATE = 3e-3
+# training.optimizer -> the Trainer's ``optim``.
+OPTIMIZERS = {"adamw": "adamw_torch", "adamw-8bit": "adamw_bnb_8bit", "paged-adamw-8bit": "paged_adamw_8bit",
+              "paged-adamw-32bit": "paged_adamw_32bit"}
+
 
 class TrainingSpec(Strict):
     """Hyperparameters shared by every arm (the seed paper's Table 2 names)."""
@@ -18,7 +26,13 @@ class TrainingSpec(Strict):
     batch_size: int = Field(default=4, gt=0, description="rows per device per step")
     gradient_accumulation_steps: int = Field(default=1, gt=0, description="steps accumulated before each update "
                                              "(effective batch = batch_size x this x devices)")
-    learning_rate: float = Field(default=2.5e-5, gt=0, description="peak learning rate (AdamW)")
+    learning_rate: float = Field(default=2.5e-5, gt=0, description="peak learning rate (AdamW) of lora, qlora and "
+                                 "full; ia3 uses its own (peft.learning_rate)")
+    optimizer: Literal["adamw", "adamw-8bit", "paged-adamw-8bit", "paged-adamw-32bit"] = Field(
+        default="adamw", description="adamw: torch AdamW (fp32 states, 8 bytes per trained weight); adamw-8bit: "
+        "bitsandbytes 8-bit states (2 bytes per weight, for full fine-tuning of large models); paged-adamw-8bit / "
+        "paged-adamw-32bit: states in CUDA unified memory, paged to the host under memory pressure (CUDA only); "
+        "the bitsandbytes ones need bitsandbytes")
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1, description="share of the steps spent warming up")
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
         default="linear", description="the learning-rate schedule after warmup")
@@ -71,11 +85,17 @@ class PeftSpec(Strict):
     alpha: float = Field(default=16, gt=0, description="LoRA scaling (the update is scaled by alpha / r)")
     dropout: float = Field(default=0.1, ge=0, lt=1, description="dropout on the LoRA input")
     target_modules: list[str] | Literal["all-linear", "attention"] = Field(
-        default="all-linear", description="attention = q/k/v/o projections; all-linear = every linear layer"
+        default="all-linear", description="attention = q/k/v/o projections; all-linear = every linear layer of "
+        "the decoder but the output head and, on mixture-of-experts models, the router and the experts (on "
+        "Mixtral: the attention projections; experts with target_experts); or module names, each of which must "
+        "match a module of the model (a router only when listed here)"
     )
     use_dora: bool = Field(default=False, description="weight-decomposed LoRA (lora, qlora)")
     loftq: bool = Field(default=False, description="LoftQ initialisation of the LoRA weights (lora)")
     target_experts: bool = Field(default=False, description="Mixtral: LoRA on the fused experts too (dropout 0)")
+    learning_rate: float | None = Field(
+        default=None, gt=0, description="this method's peak learning rate; default: training.learning_rate for "
+        f"lora, qlora and full, {IA3_LEARNING_RATE:g} for ia3 (the IA3 paper's)")
 
 
 # The same keys and constraints as PeftSpec, all optional: what an arm may override.
@@ -108,6 +128,14 @@ def peft_conflicts(peft: PeftSpec) -> list[tuple[str, str]]:
     return out
 
 
+def method_learning_rate(training: TrainingSpec, peft: PeftSpec) -> float:
+    """The peak learning rate an arm trains at: its ``peft.learning_rate``, else IA3's own default for ia3 and
+    ``training.learning_rate`` for the other methods."""
+    if peft.learning_rate is not None:
+        return peft.learning_rate
+    return IA3_LEARNING_RATE if peft.method == "ia3" else training.learning_rate
+
+
 def merge_peft(shared: PeftSpec, override: Any) -> PeftSpec:
     """The shared PEFT settings with an arm's overrides applied, validated as a whole."""
     values = {**shared.model_dump(), **override.model_dump(exclude_none=True)}
@@ -117,4 +145,5 @@ def merge_peft(shared: PeftSpec, override: Any) -> PeftSpec:
         raise ValueError(f"peft: the arm's overrides do not combine with peft: {exc}") from exc
 
 
-__all__ = ["LORA_FAMILY", "PeftOverride", "PeftSpec", "TrainingSpec", "merge_peft", "peft_conflicts"]
+__all__ = ["IA3_LEARNING_RATE", "LORA_FAMILY", "OPTIMIZERS", "PeftOverride", "PeftSpec", "TrainingSpec",
+           "merge_peft", "method_learning_rate", "peft_conflicts"]

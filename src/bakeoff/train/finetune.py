@@ -25,26 +25,22 @@ from pathlib import Path
 from typing import Any
 
 from bakeoff.artifacts import ADAPTER_DIR, FULL_MODEL_DIR, MERGED_DIR, TrainResult, read_split, write_training
-from bakeoff.errors import Preempted, SpecError, TrainingError
-from bakeoff.models.loading import load_model, load_tokenizer, pick_device, quantization_config
+from bakeoff.errors import Preempted, TrainingError
+from bakeoff.models.loading import (
+    load_model,
+    load_tokenizer,
+    pick_device,
+    quantization_config,
+    resolve_precision,
+    torch_dtype,
+)
 from bakeoff.spec import ArmSpec, CostSpec, PeftSpec, TrainingSpec
 from bakeoff.train.checkpoints import CheckpointStore
+from bakeoff.train.flops import count_parameters
 from bakeoff.train.methods import check_method, peft_config
+from bakeoff.train.tokens import check_one_bos, sft_row, training_view
 
 log = logging.getLogger(__name__)
-
-
-def resolve_precision(precision: str, device: str) -> str:
-    """``auto`` -> bf16 on a GPU that supports it, fp16 on an older GPU, fp32 on CPU."""
-    import torch
-
-    if precision != "auto":
-        if device == "cpu" and precision == "fp16":
-            raise SpecError("training.precision: fp16 needs a CUDA device; use fp32 or auto on CPU")
-        return precision
-    if device == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
 
 
 def _progress_callback():
@@ -73,7 +69,7 @@ def _progress_callback():
     return Progress()
 
 
-def _checkpoint_callback(store: CheckpointStore, stop: dict[str, bool]):
+def _checkpoint_callback(store: CheckpointStore, stop: dict[str, bool], accounting):
     from transformers import TrainerCallback
 
     class Checkpoints(TrainerCallback):
@@ -86,6 +82,8 @@ def _checkpoint_callback(store: CheckpointStore, stop: dict[str, bool]):
                 dist.barrier()  # every rank has written its part of the checkpoint
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and path.is_dir():
+                # what the run has spent so far travels with the checkpoint, so a resumed run adds to it
+                (path / ACCOUNTING).write_text(json.dumps(accounting.totals()))
                 store.mark_complete(path)
 
         def on_step_end(self, args, state, control, **kwargs):
@@ -158,6 +156,8 @@ class Run:
     checkpoint_uri: str | None
     resume: Path | None
     stop: dict[str, bool]
+    accounting: Accounting
+    rows: dict[str, int]
 
 
 def finetune(
@@ -181,38 +181,58 @@ def finetune(
 
 
 def _datasets(data_dir: str | Path):
-    """The train and validation splits as prompt/completion datasets (completion-only loss)."""
+    """The train and validation splits as prompt/completion datasets (completion-only loss), and the
+    prepared train rows."""
     from datasets import Dataset
 
-    def split(name: str) -> Dataset:
-        rows = read_split(data_dir, name)
-        if rows and "messages" in rows[0]:  # the chat template: TRL applies the tokenizer's own
-            return Dataset.from_list([{"prompt": r["messages"], "completion": [
-                {"role": "assistant", "content": r["reference"]}]} for r in rows])
-        return Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows])
-
-    return split("train"), split("validation")
+    rows = {name: read_split(data_dir, name) for name in ("train", "validation")}
+    return (*(Dataset.from_list([sft_row(r) for r in rows[name]]) for name in ("train", "validation")),
+            rows["train"])
 
 
-def _load_model(arm: ArmSpec, peft: PeftSpec, device: str, precision: str, dtype, grad_ckpt: bool):
-    """The base model as the method trains it (4-bit NF4 for QLoRA) and the method's peft config."""
+def rank_device(device: str) -> str:
+    """This process's device: with several processes (torchrun) each rank's own GPU, ``cuda:LOCAL_RANK``,
+    so a 4-bit model (placed as it loads) is not put on ``cuda:0`` by every rank."""
+    import os
+
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if device == "cuda" else device
+
+
+def _load_model(arm: ArmSpec, peft: PeftSpec, device: str, precision: str, dtype, grad_ckpt: bool,
+                fsdp: bool = False):
+    """The base model as the method trains it (4-bit NF4 for QLoRA) and the method's peft config.
+
+    Full fine-tuning keeps fp32 master weights: the model loads in fp32 and trains under the Trainer's bf16
+    (or fp16) autocast, since in bf16 weights most AdamW updates at a 2.5e-5 learning rate round away. LoRA,
+    QLoRA and IA3 keep a bf16 base (peft keeps the adapter weights in fp32); fp16 training needs fp32 weights.
+    """
     import torch
     from peft import prepare_model_for_kbit_training
 
-    quant = quantization_config(dtype) if peft.method == "qlora" else None
-    # fp16 training needs fp32 master weights; bf16 trains in bf16 directly.
-    model = load_model(arm.model, dtype=torch.float32 if precision == "fp16" else dtype,
-                       trust_remote_code=arm.trust_remote_code, device=device if quant else None,
-                       quantization_config=quant)
+    from bakeoff.train.methods import check_model_config
+
+    if peft.method == "ia3":
+        check_model_config(peft, _model_config(arm))  # refused before the weights load
+    # FSDP shards the 4-bit weights only when they are stored in the compute dtype (bnb_4bit_quant_storage)
+    quant = quantization_config(dtype, quant_storage=dtype if fsdp else None) if peft.method == "qlora" else None
+    master = torch.float32 if precision == "fp16" or peft.method == "full" else dtype
+    model = load_model(arm.model, dtype=master, trust_remote_code=arm.trust_remote_code,
+                       device=rank_device(device) if quant else None, quantization_config=quant)
     if quant is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=grad_ckpt)
-    return model, peft_config(peft, model.config.model_type)
+    return model, peft_config(peft, model)
 
 
-def _sft_config(training: TrainingSpec, out_dir: Path, seed: int, device: str, precision: str, grad_ckpt: bool):
-    """TRL's SFTConfig for the spec's training settings."""
+def _sft_config(training: TrainingSpec, out_dir: Path, seed: int, device: str, precision: str, grad_ckpt: bool,
+                peft: PeftSpec):
+    """TRL's SFTConfig for the spec's training settings, at the method's learning rate
+    (``bakeoff.spec.training.method_learning_rate``) and with the spec's optimizer."""
     from trl import SFTConfig
 
+    from bakeoff.spec.training import method_learning_rate
+    from bakeoff.train.methods import check_optimizer
+
+    optim = check_optimizer(training, device)
     fsdp = _fsdp_args(training, grad_ckpt)
     return SFTConfig(
         output_dir=str(out_dir),
@@ -221,7 +241,8 @@ def _sft_config(training: TrainingSpec, out_dir: Path, seed: int, device: str, p
         per_device_train_batch_size=training.batch_size,
         per_device_eval_batch_size=training.batch_size,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
-        learning_rate=training.learning_rate,
+        learning_rate=method_learning_rate(training, peft),
+        optim=optim,
         warmup_steps=training.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         lr_scheduler_type=training.lr_scheduler,
         weight_decay=training.weight_decay,
@@ -255,7 +276,6 @@ def _sft_config(training: TrainingSpec, out_dir: Path, seed: int, device: str, p
 def setup(arm: ArmSpec, training: TrainingSpec, peft: PeftSpec, data_dir: str | Path, out_dir: str | Path,
           seed: int = 42, checkpoint_uri: str | None = None) -> Run:
     """Everything training needs, loaded and checked: fails (with what to change) before the first step."""
-    import torch
     from transformers import EarlyStoppingCallback, PrinterCallback
     from trl import SFTTrainer
 
@@ -264,11 +284,14 @@ def setup(arm: ArmSpec, training: TrainingSpec, peft: PeftSpec, data_dir: str | 
     device = pick_device()
     check_method(peft, device)
     precision = resolve_precision(training.precision, device)
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    train_ds, val_ds = _datasets(data_dir)
+    dtype = torch_dtype(precision)
+    train_ds, val_ds, train_rows = _datasets(data_dir)
     tokenizer = load_tokenizer(arm.model, trust_remote_code=arm.trust_remote_code)
+    if train_rows:  # one BOS, added one way: refuse a template that writes the tokenizer's own again
+        check_one_bos(tokenizer, training_view(tokenizer, train_rows[0], None)["input_ids"], f"arm {arm.name}")
     grad_ckpt = device == "cuda" if training.gradient_checkpointing == "auto" else training.gradient_checkpointing
-    model, method_config = _load_model(arm, peft, device, precision, dtype, grad_ckpt)
+    model, method_config = _load_model(arm, peft, device, precision, dtype, grad_ckpt,
+                                       fsdp=bool(_fsdp_args(training, grad_ckpt)))
 
     local_ckpt = Path(checkpoint_uri) if checkpoint_uri and "://" not in checkpoint_uri else out / "checkpoints"
     store = CheckpointStore(local_ckpt, checkpoint_uri)
@@ -276,17 +299,21 @@ def setup(arm: ArmSpec, training: TrainingSpec, peft: PeftSpec, data_dir: str | 
     if discarded:
         log.warning("discarded incomplete checkpoints %s (cut short before they were marked complete)", discarded)
     stop = {"requested": False}
-    callbacks = [_progress_callback(), _checkpoint_callback(store, stop)]
+    resume = store.latest()
+    accounting = Accounting(prior=read_accounting(resume))
+    callbacks = [_progress_callback(), _checkpoint_callback(store, stop, accounting)]
     if training.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=training.early_stopping_patience))
-    trainer = SFTTrainer(model=model, args=_sft_config(training, local_ckpt, seed, device, precision, grad_ckpt),
+    trainer = SFTTrainer(model=model, args=_sft_config(training, local_ckpt, seed, device, precision, grad_ckpt, peft),
                          train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
                          peft_config=method_config, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)  # our progress lines replace its raw dict prints
+    accounting.trainer = trainer
     return Run(arm=arm, training=training, peft=peft, out=out, device=device, precision=precision, dtype=dtype,
                grad_ckpt=grad_ckpt, quantized=peft.method == "qlora", method_config=method_config,
                tokenizer=tokenizer, trainer=trainer, store=store, local_ckpt=local_ckpt,
-               checkpoint_uri=checkpoint_uri, resume=store.latest(), stop=stop)
+               checkpoint_uri=checkpoint_uri, resume=resume, stop=stop, accounting=accounting,
+               rows=row_counts(train_rows, trainer.train_dataset, training))
 
 
 def train(run: Run) -> float:
@@ -304,6 +331,7 @@ def train(run: Run) -> float:
     previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
     started = time.perf_counter()
+    run.accounting.start()
     try:
         if run.resume is not None:
             log.info("resuming from %s", run.resume)
@@ -321,6 +349,62 @@ def train(run: Run) -> float:
         raise Preempted(f"arm {run.arm.name}: stopped by SIGTERM at step {run.trainer.state.global_step}; "
                         "the checkpoint is saved and a rerun resumes from it")
     return time.perf_counter() - started
+
+
+ACCOUNTING = "bakeoff_accounting.json"  # in each checkpoint: what the run had spent when it was saved
+
+
+@dataclass
+class Accounting:
+    """Training time apart from evaluation time, and trained tokens, summed over the segments of a run that
+    was resumed (TRL's token counter and the wall clock start again at zero in each segment)."""
+
+    prior: dict[str, float]
+    trainer: Any = None
+    started: float = 0.0
+    eval_seconds: float = 0.0
+
+    def start(self) -> None:
+        """Start the clock, and time every evaluation the trainer runs (outside the training time)."""
+        self.started = time.perf_counter()
+        evaluate = self.trainer.evaluate
+
+        def timed(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return evaluate(*args, **kwargs)
+            finally:
+                self.eval_seconds += time.perf_counter() - began
+
+        self.trainer.evaluate = timed
+
+    def totals(self) -> dict[str, float]:
+        segment = time.perf_counter() - self.started
+        tokens = getattr(self.trainer, "_total_train_tokens", None)  # TRL's count of non-pad tokens this segment
+        if tokens is None:
+            tokens = int(self.trainer.state.num_input_tokens_seen or 0) or _logged_tokens(
+                self.trainer.state.log_history)
+        return {"train_seconds": self.prior.get("train_seconds", 0.0) + segment - self.eval_seconds,
+                "eval_seconds": self.prior.get("eval_seconds", 0.0) + self.eval_seconds,
+                "tokens": int(self.prior.get("tokens", 0) + tokens),
+                "segments": int(self.prior.get("segments", 0)) + 1}
+
+
+def read_accounting(checkpoint: Path | None) -> dict[str, float]:
+    """What the run had spent when ``checkpoint`` was saved (nothing for a fresh run)."""
+    path = checkpoint / ACCOUNTING if checkpoint is not None else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
+
+
+def row_counts(rows: list[dict], dataset, training: TrainingSpec) -> dict[str, int]:
+    """What TRL did with the train split's rows: kept, dropped (truncation left no completion token to
+    learn from) and cut at max_seq_length (rows exactly that long are counted too)."""
+    if training.batching == "packing":  # packing chunks rows into windows: nothing is dropped or cut
+        return {"train": len(rows), "trained": len(rows), "dropped_no_completion": 0, "at_max_length": 0}
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    limit = None if training.batching == "padding-free" else training.max_seq_length
+    return {"train": len(rows), "trained": len(lengths), "dropped_no_completion": len(rows) - len(lengths),
+            "at_max_length": sum(1 for n in lengths if limit and n >= limit)}
 
 
 def record(run: Run, seconds: float, cost: CostSpec | None = None) -> TrainResult:
@@ -345,19 +429,22 @@ def _result(run: Run, seconds: float, cost: CostSpec | None) -> TrainResult:
         history["resumed_at"] = [{"step": resumed_from}]
     best = min(history["validation"], key=lambda p: p["loss"]) if history["validation"] else None
     gpu_count = world_size if run.device == "cuda" else 0  # one GPU per process
+    spent = run.accounting.totals()  # every segment of a resumed run; evaluation apart
+    seconds = spent["train_seconds"]
     gpu_hours = seconds / 3600 * gpu_count
     price = cost.gpu_hour_usd if cost else None
-    train_tokens = int(trainer.state.num_input_tokens_seen or 0) or _logged_tokens(trainer.state.log_history)
+    train_tokens = spent["tokens"]
     return TrainResult(
         arm=run.arm.name, model=run.arm.model, method=run.peft.method, seconds=round(seconds, 3), steps=steps,
+        evaluation_seconds=round(spent["eval_seconds"], 3), segments=spent["segments"], rows=run.rows,
         epochs=float(trainer.state.epoch or 0), train_tokens=train_tokens,
         tokens_per_second=round(train_tokens / seconds, 2) if seconds > 0 else 0.0,
         device=run.device, gpu_type=torch.cuda.get_device_name(0) if gpu_count else None, gpu_count=gpu_count,
         gpu_hours=round(gpu_hours, 6),
         # On CPU there are no GPU-hours to price: the cost is 0 only when a price is given.
         cost_usd=round(gpu_hours * price, 6) if price is not None else None,
-        trainable_params=sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
-        total_params=sum(p.numel() for p in trainer.model.parameters()),
+        trainable_params=count_parameters(trainer.model)["trainable"],
+        total_params=count_parameters(trainer.model)["total"],  # 4-bit weights counted whole
         final_train_loss=history["train"][-1]["loss"] if history["train"] else None,
         final_validation_loss=history["validation"][-1]["loss"] if history["validation"] else None,
         loss_history=history,
@@ -376,6 +463,9 @@ def _result(run: Run, seconds: float, cost: CostSpec | None) -> TrainResult:
 def _save(run: Run, result: TrainResult) -> None:
     """The weights, the tokenizer, training.json and loss_history.json, the model card and the settings."""
     saved = run.out / result.artifact
+    if run.method_config is None and run.dtype != run.trainer.model.dtype:
+        # full fine-tuning trained on fp32 master weights; it is kept (and generates) in the training precision
+        run.trainer.model.to(run.dtype)
     run.trainer.model.save_pretrained(saved, safe_serialization=True)
     run.tokenizer.save_pretrained(saved)
     if run.training.save_merged and run.method_config is not None:
@@ -428,3 +518,17 @@ def _jsonable(value: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+def _model_config(arm: ArmSpec):
+    """The arm's model config (``config.json`` alone, no weights), resolved as ``load_model`` resolves it."""
+    from transformers import AutoConfig
+
+    from bakeoff.errors import ModelError
+    from bakeoff.models.loading import resolve_model
+
+    resolved = resolve_model(arm.model)
+    try:
+        return AutoConfig.from_pretrained(resolved.path, trust_remote_code=arm.trust_remote_code, **resolved.kwargs)
+    except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors...
+        raise ModelError(f"model {arm.model}: cannot read its config: {exc}") from exc
