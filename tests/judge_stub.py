@@ -17,7 +17,8 @@ from loopback import running
 
 NORMAL_REPLY = "Good. Rating: [[8]]"
 PROMPT_TOKENS, COMPLETION_TOKENS = 50, 7
-_PAIR = re.compile(r"Reference answer:\n(.*?)\n\nAssistant's answer:\n(.*?)\n\n", re.S)
+_PAIR = re.compile(r"\[The Start of Reference Answer\]\n(.*?)\n\[The End of Reference Answer\].*?"
+                   r"\[The Start of Assistant's Answer\]\n(.*?)\n\[The End of Assistant's Answer\]", re.S)
 
 
 EMBED_DIM = 64
@@ -90,6 +91,9 @@ class FakeJudgeServer:
     ``status`` (every request gets ``status_code``), and ``grade``: [[9]] when the answer equals the
     reference (case and spaces aside) and [[2]] otherwise, read back out of bakeoff's judge prompt.
     ``ragas`` answers ragas's answer-correctness prompts with valid JSON (see ``_ragas_reply``).
+    Malformed HTTP 200 replies: ``html-200`` (a proxy's HTML page), ``no-choices`` (JSON without
+    ``choices``), and ``html-then-ok``, ``no-choices-then-ok``, ``garbage-then-ok`` (only the first
+    ``fail_first`` requests malformed or unparseable, then ``reply``).
 
     ``POST /v1/embeddings`` answers in every mode with ``embed`` vectors (float lists, or base64
     when the client asks for it), for the RAGAS tests.
@@ -137,6 +141,13 @@ class FakeJudgeServer:
                 self.end_headers()
                 self.wfile.write(body)
 
+            def _raw(self, body: bytes, content_type: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
             def _error(self, status: int, message: str, kind: str) -> None:
                 self._send(status, {"error": {"message": message, "type": kind, "param": None, "code": None}})
 
@@ -173,6 +184,19 @@ class FakeJudgeServer:
                 if self.path != "/v1/chat/completions":
                     return self._error(404, f"no route {self.path}", "invalid_request_error")
                 mode = server.mode
+                early = n <= server.fail_first
+                # a proxy's login page, or JSON without choices, with HTTP 200 ("...-then-ok": the first
+                # fail_first requests only)
+                if mode == "html-200" or (mode == "html-then-ok" and early):
+                    return self._raw(b"<html><body>Please sign in to the proxy</body></html>", "text/html")
+                if mode == "no-choices" or (mode == "no-choices-then-ok" and early):
+                    return self._send(200, {"object": "chat.completion", "id": f"x-{n}"})
+                if mode == "garbage-then-ok" and early:
+                    content = "no idea"
+                    choice = {"index": 0, "message": {"role": "assistant", "content": content},
+                              "finish_reason": "stop"}
+                    return self._send(200, {"id": f"c-{n}", "object": "chat.completion", "created": 0,
+                                            "model": "judge", "choices": [choice]})
                 if mode == "429-then-ok" and n <= server.fail_first:
                     return self._error(429, "rate limited, slow down", "rate_limit_error")
                 if mode == "always-500":
@@ -203,8 +227,8 @@ class FakeJudgeServer:
 
 
 @contextmanager
-def serve(mode: str = "normal", **settings) -> Iterator[FakeJudgeServer]:
-    """A FakeJudgeServer on 127.0.0.1 (port chosen by the OS) in a daemon thread, for the block's duration."""
+def serve(mode: str = "normal", port: int = 0, **settings) -> Iterator[FakeJudgeServer]:
+    """A FakeJudgeServer on 127.0.0.1 (``port``, else one the OS picks) in a daemon thread, for the block."""
     server = FakeJudgeServer().set(mode, **settings)
-    with running(server, before_stop=server.stopping.set):
+    with running(server, before_stop=server.stopping.set, port=port):
         yield server

@@ -12,9 +12,10 @@ T = TypeVar("T")
 
 
 @contextmanager
-def running(fake: T, before_stop: Callable[[], None] | None = None) -> Iterator[T]:
-    """Serve ``fake.handler()`` on a port the OS picks, in a daemon thread, for the block's duration."""
-    fake.httpd = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
+def running(fake: T, before_stop: Callable[[], None] | None = None, port: int = 0) -> Iterator[T]:
+    """Serve ``fake.handler()`` on ``port`` (0: one the OS picks), in a daemon thread, for the block's duration."""
+    ThreadingHTTPServer.allow_reuse_address = True  # a server restarted on the port it had (a rerun's URL)
+    fake.httpd = ThreadingHTTPServer(("127.0.0.1", port), fake.handler())
     fake.httpd.daemon_threads = True
     thread = threading.Thread(target=fake.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()

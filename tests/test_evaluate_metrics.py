@@ -8,6 +8,8 @@ import pytest
 from conftest import ROOT
 from judge_stub import serve
 
+from bakeoff.artifacts import read_evaluation
+from bakeoff.errors import EvaluationError
 from bakeoff.evaluate import evaluate
 from bakeoff.evaluate.evaluate import metric_status
 from bakeoff.jsonl import read_jsonl
@@ -44,7 +46,9 @@ def test_sql_execution_on_databases_and_on_schema_only_contexts(tmp_path):
 
 def test_sql_without_any_database_is_a_counted_failure_with_its_reason(tmp_path):
     rows = [_row(0, "fine-tuned", "SELECT 1", "SELECT 1")]
-    result = evaluate("arm", EvaluationSpec(metrics=["sql_execution"]), _generations(tmp_path, rows), tmp_path / "o")
+    with pytest.raises(EvaluationError, match="every score of sql_execution"):  # nothing scored: the stage fails
+        evaluate("arm", EvaluationSpec(metrics=["sql_execution"]), _generations(tmp_path, rows), tmp_path / "o")
+    result, _ = read_evaluation(tmp_path / "o")
     cell = result["metrics"]["fine-tuned"]["sql_execution"]
     assert cell["n"] == 0 and cell["failures"] == 1 and cell["mean"] is None and cell["status"] == "failed"
     sample = read_jsonl(tmp_path / "o" / "samples.jsonl")[0]
@@ -93,3 +97,18 @@ def test_ragas_tokens_are_counted_and_priced(tmp_path, monkeypatch):
     assert health["prompt_tokens"] > 0
     expected = (health["prompt_tokens"] * 1.0 + health["completion_tokens"] * 4.0) / 1e6
     assert health["cost_usd"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_a_fenced_sql_answer_scores_as_sql_with_the_raw_score_beside(tmp_path):
+    fenced = "```sql\nSELECT name FROM people WHERE name = 'Bob';\n```"
+    gold = "SELECT name FROM people WHERE name = 'Bob'"
+    folded = "select NAME from people where name = 'bob'"
+    rows = [_row(0, "fine-tuned", gold, fenced), _row(1, "fine-tuned", gold, folded)]
+    spec = EvaluationSpec(metrics=["exact_match", "sql_execution"])
+    with pytest.raises(EvaluationError):  # no database for these rows: sql_execution fails throughout
+        evaluate("arm", spec, _generations(tmp_path, rows), tmp_path / "o")
+    result, _ = read_evaluation(tmp_path / "o")
+    cell = result["metrics"]["fine-tuned"]["exact_match"]
+    # the fence is stripped (1.0), the literal 'bob' keeps its case (0.0); unstripped, the fenced one is 0.0
+    assert cell["mean"] == 0.5 and cell["raw_mean"] == 0.0 and cell["fence_changed"] == 1
+    assert "string literals" in result["definitions"]["exact_match"]

@@ -50,12 +50,13 @@ def test_judge_cost_from_the_specs_prices(tmp_path):
 def test_an_endpoint_that_dies_mid_run_fails_and_keeps_what_was_judged(tmp_path):
     with serve() as server:
         spec = JudgeSpec(base_url=server.base_url, model="j", max_retries=1, timeout_s=2, concurrency=1)
+        port = server.httpd.server_address[1]
         items = [("q", "r", f"a{i}") for i in range(6)]
         Judge(spec, cache_dir=tmp_path).judge_many(items[:3])  # three judged, then the server goes away
     with pytest.raises(EvaluationError, match="stopped answering mid-run: 3 of 6 .* the 3 made are cached"):
         Judge(spec, cache_dir=tmp_path).judge_many(items)
-    with serve() as again:
-        judge = Judge(spec.model_copy(update={"base_url": again.base_url}), cache_dir=tmp_path)
+    with serve(port=port) as again:  # back at the same URL (the base URL is part of a verdict's cache key)
+        judge = Judge(spec, cache_dir=tmp_path)
         judge.judge_many(items)
         assert again.requests == 3 and judge.stats.cached == 3  # the rerun pays only for the rest
 

@@ -146,3 +146,23 @@ def test_custom_embed_fn_needs_no_embeddings_endpoint(tmp_path):
 def test_unknown_metric_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown RAGAS metrics"):
         scorer("http://127.0.0.1:1/v1", tmp_path).score_many([(Q, REF, RIGHT)], metrics=("faithfulness",))
+
+
+def test_an_empty_answer_scores_zero_without_a_call(tmp_path):
+    with serve("ragas") as server:
+        s = scorer(server.base_url, tmp_path)
+        scores = s.score_many([(Q, REF, "   "), (Q, REF, "")])
+        assert server.requests == 0  # RAGAS would score an empty answer's factuality 1.0 (about 0.75 overall)
+    assert scores == [{"answer_correctness": 0.0, "answer_similarity": 0.0}] * 2
+    assert s.stats.empty_answers == 2 and s.stats.failures_by_metric == {}
+
+
+def test_a_malformed_200_is_a_counted_failure_never_a_traceback(tmp_path):
+    with serve("html-200") as server:
+        s = scorer(server.base_url, tmp_path, max_retries=1)
+        scores, reasons = s.score_many_with_reasons([(Q, REF, RIGHT), (Q, REF, WRONG)],
+                                                    metrics=("answer_correctness",))
+    assert [row["answer_correctness"] for row in scores] == [None, None]
+    assert all("MalformedReply" in r["answer_correctness"] and "without a reply" in r["answer_correctness"]
+               for r in reasons)
+    assert s.stats.retries == 2 and s.stats.failures_by_metric == {"answer_correctness": 2}

@@ -203,3 +203,23 @@ def test_summary_says_whether_the_lead_is_significant_and_costs_are_shown(result
         assert "$1.75" in text and "$2.50" in text
     assert "What differs between arms" in page and "&#34;tiny://mixtral&#34;" in page
     assert "Length distribution" in page
+
+
+def test_how_each_metric_is_scored_is_in_the_page_and_the_markdown(results: dict) -> None:
+    doc = {**results, "metric_definitions": {
+        "judge": "1-10 by gpt-4o, rubric open-ended (...), prompt judge-v2 sha256 0123456789ab",
+        "exact_match": "after NFKC <and> whitespace collapsing"}}
+    page, md = render_html(doc), render_markdown(doc)
+    assert "How each metric is scored" in page and "rubric open-ended" in page and "sha256 0123456789ab" in page
+    assert "&lt;and&gt;" in page  # escaped like every other text
+    assert "- `judge`: 1-10 by gpt-4o, rubric open-ended" in md
+
+
+def test_training_time_evaluation_time_and_rows_are_shown(results: dict) -> None:
+    doc = json.loads(json.dumps(results))
+    arm = next(iter(doc["training"]))
+    doc["training"][arm].update(evaluation_seconds=65.0, segments=2,
+                                rows={"train": 10, "trained": 9, "dropped_no_completion": 1, "at_max_length": 3})
+    page = render_html(doc)
+    assert "Evaluation time" in page and "0:01:05" in page and "Runs (segments)" in page
+    assert "9 of 10 (dropped: 1, cut at max_seq_length: 3)" in page

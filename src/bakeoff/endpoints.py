@@ -8,6 +8,8 @@ endpoint and the hosted arm all go through here.
 - ``retrying`` / ``is_transient``: bounded retries with exponential backoff and jitter on 429, 5xx,
   timeouts and connection errors, counted (tenacity: maintained, sync and async, and it keeps the
   counting in one callback instead of a hand-written loop per caller).
+- ``reply_choices`` / ``malformed_hooks``: an HTTP 200 whose body is not the API's reply (a proxy's HTML
+  page, JSON without ``choices``) is a ``MalformedReply``: retried like a 5xx, then a counted failure.
 - ``CallStats``: thread-safe counters; ``cost_usd``: the one price formula.
 - ``ReplyCache``: paid replies on disk, one JSON file per key (written atomically), so a rerun pays
   nothing. Plain files rather than diskcache's SQLite: the cache may sit on a shared volume (the model
@@ -80,6 +82,54 @@ def check_reachable(endpoint: Endpoint, where: str, error: type[BakeoffError] = 
         pass
 
 
+class MalformedReply(BakeoffError):
+    """An endpoint answered HTTP 200 with a body that is not the API's reply."""
+
+
+def _describe_body(body: Any) -> str:
+    text = body if isinstance(body, str) else repr(body)
+    text = " ".join(text.split())
+    return text[:120] + ("..." if len(text) > 120 else "")
+
+
+def reply_choices(resp: Any, where: str) -> list:
+    """The ``choices`` of a chat or completions reply; ``MalformedReply`` when the body had none (the SDK
+    returns the raw text for a non-JSON body, and an object with ``choices=None`` for JSON without them)."""
+    choices = getattr(resp, "choices", None)
+    if isinstance(resp, str) or not choices:
+        raise MalformedReply(f"{where} answered HTTP 200 without a reply (no choices): {_describe_body(resp)}; is "
+                             "base_url an OpenAI-compatible API (not a proxy or login page)?")
+    return choices
+
+
+def malformed_hooks(where: str) -> tuple[Callable, Callable]:
+    """httpx response hooks (sync, async) that turn an HTTP 200 without the API's reply into
+    ``MalformedReply``, for clients whose replies a library reads itself (RAGAS through instructor)."""
+
+    def check(response, body: bytes) -> None:
+        if response.status_code != 200:
+            return
+        path = response.request.url.path
+        key = "data" if path.endswith("/embeddings") else "choices" if path.endswith("completions") else None
+        if key is None:
+            return
+        try:
+            doc = json.loads(body)
+        except ValueError:
+            doc = None
+        if not isinstance(doc, dict) or not doc.get(key):
+            raise MalformedReply(f"{where} answered HTTP 200 without a reply (no {key}) at {path}: "
+                                 f"{_describe_body(body.decode(errors='replace'))}")
+
+    def on_response(response) -> None:
+        check(response, response.read())
+
+    async def on_async_response(response) -> None:
+        check(response, await response.aread())
+
+    return on_response, on_async_response
+
+
 def _chain(exc: BaseException | None):
     """``exc`` and the exceptions it wraps (instructor wraps the OpenAI error it retried)."""
     seen: set[int] = set()
@@ -96,10 +146,18 @@ def openai_error(exc: BaseException):
     return next((e for e in _chain(exc) if isinstance(e, openai.APIError)), None)
 
 
+def malformed(exc: BaseException) -> MalformedReply | None:
+    """The ``MalformedReply`` in ``exc``'s chain (the SDK wraps one raised by a response hook), or None."""
+    return next((e for e in _chain(exc) if isinstance(e, MalformedReply)), None)
+
+
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it wraps) is worth retrying: 429, 5xx, a timeout or a lost connection."""
+    """Whether ``exc`` (or what it wraps) is worth retrying: 429, 5xx, a timeout, a lost connection or a
+    malformed 200 reply."""
     import openai
 
+    if malformed(exc) is not None:
+        return True
     err = openai_error(exc)
     if isinstance(err, (openai.RateLimitError, openai.APITimeoutError, openai.APIConnectionError,
                         openai.InternalServerError)):
@@ -221,5 +279,5 @@ class ReplyCache:
         os.replace(tmp, path)
 
 
-__all__ = ["CallStats", "ReplyCache", "api_key", "check_reachable", "client", "cost_usd", "is_local", "is_transient",
-           "openai_error", "retrying", "usage_hooks"]
+__all__ = ["CallStats", "MalformedReply", "ReplyCache", "api_key", "check_reachable", "client", "cost_usd", "is_local",
+           "is_transient", "malformed", "malformed_hooks", "openai_error", "reply_choices", "retrying", "usage_hooks"]

@@ -455,6 +455,10 @@ def prepare_data(data: DataSpec, seed: int, out_dir: str | Path, *, tokenizers: 
         leakage["removed"] = len(leaked)
         log.warning("removed %d test examples whose prompt occurs in train (%d replaced by unused rows)",
                     len(leaked), len(refill))
+    if not parts["test"]:
+        raise DataError(f"data.split: the test split is empty: all {len(leaked)} test rows also occur in train and "
+                        "were removed (data.remove_leakage) with no unused rows left to replace them; add rows, "
+                        "lower data.split.train, or dedupe the sources")
 
     count = counters[0]
     token_lengths = {

@@ -33,7 +33,10 @@ os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
 
 METRICS = ("answer_correctness", "answer_similarity")
 CACHE_VERSION = "ragas-metrics-v1"
-STATS = ("calls", "cached", "nan", "retries", "prompt_tokens", "completion_tokens")
+STATS = ("calls", "cached", "nan", "retries", "empty_answers", "prompt_tokens", "completion_tokens")
+# RAGAS 0.4.3 scores factuality 1.0 when it extracts no statements, so an empty answer would get about 0.75
+# answer correctness: an empty or whitespace-only answer scores 0 on both metrics, without a call.
+EMPTY_ANSWER_SCORE = 0.0
 WHERE = "evaluation.ragas"
 
 EmbedFn = Callable[[str], Sequence[float]]
@@ -130,6 +133,10 @@ class RagasScorer:
         reasons: list[dict[str, str]] = [{} for _ in items]
         todo: list[tuple[int, str, str]] = []  # (item index, metric, cache key)
         for i, (question, reference, answer) in enumerate(items):
+            if not answer.strip():
+                scores[i] = dict.fromkeys(metrics, EMPTY_ANSWER_SCORE)
+                self.stats.add(empty_answers=1)
+                continue
             for metric in metrics:
                 key = self.cache_key(metric, question, reference, answer)
                 cached = self._read_cache(key)
@@ -149,13 +156,15 @@ class RagasScorer:
         from ragas.metrics.collections import AnswerCorrectness, SemanticSimilarity
 
         on_response, on_async_response = endpoints.usage_hooks(self.stats)
+        check, check_async = endpoints.malformed_hooks(WHERE)
 
         def client(endpoint: ModelEndpoint, asynchronous: bool):
-            # httpx response hooks see every reply, so the tokens ragas spends are counted (and priced);
+            # httpx response hooks see every reply: the tokens ragas spends are counted (and priced), and a
+            # 200 that is not the API's reply is a MalformedReply (retried, then this sample's failure);
             # retries are ours (per sample and metric, counted), so the client's own are off.
-            http = (httpx.AsyncClient(event_hooks={"response": [on_async_response]}, timeout=endpoint.timeout_s)
-                    if asynchronous else
-                    httpx.Client(event_hooks={"response": [on_response]}, timeout=endpoint.timeout_s))
+            http = (httpx.AsyncClient(event_hooks={"response": [check_async, on_async_response]},
+                                      timeout=endpoint.timeout_s) if asynchronous else
+                    httpx.Client(event_hooks={"response": [check, on_response]}, timeout=endpoint.timeout_s))
             c = endpoints.client(endpoint, WHERE, asynchronous=asynchronous, max_retries=0, http_client=http,
                                  error=EvaluationError)
             opened.append(c)
@@ -193,7 +202,8 @@ class RagasScorer:
                             with attempt:
                                 value = (await scorers[metric](*items[i])).value
                     except Exception as exc:  # noqa: BLE001 - any failure is this sample's failure
-                        self._failed(reasons, i, metric, _describe(exc))
+                        bad = endpoints.malformed(exc)
+                        self._failed(reasons, i, metric, f"MalformedReply: {bad}" if bad else _describe(exc))
                         return exc
                 self._store(scores, reasons, i, metric, key, value)
                 return None
@@ -235,7 +245,7 @@ class RagasScorer:
         import openai
 
         err = endpoints.openai_error(exc)
-        if err is None:
+        if err is None or endpoints.malformed(exc) is not None:  # a malformed reply is this sample's failure
             return
         url = str(getattr(getattr(err, "request", None), "url", "") or "")
         is_embed = "/embeddings" in url and self.embed_fn is None

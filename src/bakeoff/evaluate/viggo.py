@@ -11,6 +11,9 @@ A meaning representation (MR) reads ``act(attr[value], attr[value], ...)``, for 
 
 Malformed text (no or empty act, no parentheses, unbalanced brackets, a missing or trailing comma, trailing
 garbage) does not parse. A malformed prediction is no match; a malformed gold raises EvaluationError.
+
+A prediction that is one Markdown code block (```` ``` ... ``` ````, :func:`~bakeoff.evaluate.metrics.strip_code_fence`)
+is scored on the block's content; ``strip_fences=False`` scores the raw text (the raw score, kept beside it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import re
 from collections import Counter
 
 from bakeoff.errors import EvaluationError
+from bakeoff.evaluate.metrics import strip_code_fence
 
 _ACT = re.compile(r"\s*([A-Za-z_]\w*)\s*\(")
 _ATTR = re.compile(r"\s*([A-Za-z_]\w*)\s*\[")
@@ -73,23 +77,26 @@ def _parse_gold(gold: str) -> tuple[str, Counter]:
     return parsed
 
 
-def mr_match(gold: str, pred: str) -> bool:
-    """True when ``pred`` has the same act and the same multiset of slots as ``gold`` (malformed pred: False)."""
+def mr_match(gold: str, pred: str, strip_fences: bool = True) -> bool:
+    """True when ``pred`` has the same act and the same multiset of slots as ``gold`` (malformed pred: False).
+
+    With ``strip_fences`` a prediction that is one Markdown code block is parsed without its fence.
+    """
     gold_mr = _parse_gold(gold)
-    pred_mr = parse_mr(pred)
+    pred_mr = parse_mr(strip_code_fence(pred) if strip_fences else pred)
     return pred_mr is not None and pred_mr == gold_mr
 
 
-def slot_scores(gold: str, pred: str) -> tuple[float, float, float]:
+def slot_scores(gold: str, pred: str, strip_fences: bool = True) -> tuple[float, float, float]:
     """Precision, recall and F1 of the predicted ``(attribute, value)`` multiset against the gold one.
 
     The act is not a slot. True positives are the multiset intersection. Empty sets: precision with no
     predicted slots, and recall with no gold slots, are 1.0 when the other side is empty too and 0.0
     otherwise (so two empty MRs score (1, 1, 1)); F1 is 0.0 when precision + recall is 0. A malformed
-    prediction scores (0, 0, 0); a malformed gold raises EvaluationError.
+    prediction scores (0, 0, 0); a malformed gold raises EvaluationError. ``strip_fences`` as in :func:`mr_match`.
     """
     gold_slots = _parse_gold(gold)[1]
-    parsed = parse_mr(pred)
+    parsed = parse_mr(strip_code_fence(pred) if strip_fences else pred)
     if parsed is None:
         return 0.0, 0.0, 0.0
     pred_slots = parsed[1]

@@ -50,28 +50,31 @@ def endpoint_answers(endpoint: Endpoint, where: str, api: str, model: str, promp
     training) or ``chat`` (a prompt is a list of chat messages, few-shot examples as earlier turns; the
     server applies the chat template once). ``where`` is the endpoint's spec key, for the errors.
 
-    The client retries 429, 5xx and timeouts ``max_retries`` times with backoff; a request that still
-    fails ends the stage with the server's message (generation is not scored, so nothing is half-done).
+    The client retries 429, 5xx and timeouts ``max_retries`` times with backoff, and so does a malformed 200
+    reply (no ``choices``: a proxy's page); a request that still fails ends the stage with the server's
+    message (generation is not scored, so nothing is half-done).
     """
     import openai
 
     client = endpoints.client(endpoint, where, error=EvaluationError)
+    if any((api == "chat") != isinstance(prompt, list) for prompt in prompts):
+        raise EvaluationError(f"{where}: api {api} takes {'chat messages' if api == 'chat' else 'a text'}; "
+                              "use api chat with template chat, api completions otherwise")
 
-    def one(prompt: str) -> dict:
+    def ask(prompt):
+        if api == "completions":
+            resp = client.completions.create(model=model, prompt=prompt, max_tokens=max_new_tokens, temperature=0)
+            choice = endpoints.reply_choices(resp, where)[0]
+            return resp, choice, choice.text or ""
+        resp = client.chat.completions.create(model=model, messages=prompt, max_tokens=max_new_tokens, temperature=0)
+        choice = endpoints.reply_choices(resp, where)[0]
+        return resp, choice, choice.message.content or ""
+
+    def one(prompt) -> dict:
         try:
-            if (api == "chat") != isinstance(prompt, list):
-                raise EvaluationError(f"{where}: api {api} takes {'chat messages' if api == 'chat' else 'a text'}; "
-                                      "use api chat with template chat, api completions otherwise")
-            if api == "completions":
-                resp = client.completions.create(model=model, prompt=prompt, max_tokens=max_new_tokens, temperature=0)
-                choice = resp.choices[0]
-                text = choice.text or ""
-            else:
-                resp = client.chat.completions.create(model=model, messages=prompt, max_tokens=max_new_tokens,
-                                                      temperature=0)
-                choice = resp.choices[0]
-                text = choice.message.content or ""
-        except openai.APIError as exc:
+            resp, choice, text = endpoints.retrying(endpoint.max_retries,
+                                                    retry_if=lambda e: endpoints.malformed(e) is not None)(ask, prompt)
+        except (openai.APIError, endpoints.MalformedReply) as exc:
             raise EvaluationError(f"generation endpoint {endpoint.base_url} (model {model!r}) failed: {exc}") from exc
         tokens = int(getattr(resp.usage, "completion_tokens", 0) or 0) if resp.usage else 0
         return {"answer": text.strip(), "new_tokens": tokens,

@@ -97,6 +97,9 @@ def _cell(metric: dict | None, status: str) -> dict[str, Any]:
         "ci": f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else "",
         "n": _fmt(metric.get("n")),
         "failures": _fmt(metric.get("failures")),
+        # a metric that strips code fences: the unstripped score, when a fence changed any answer's score
+        "raw": f"{metric['raw_mean']:.3f} without fence stripping ({metric['fence_changed']} changed)"
+        if metric.get("fence_changed") else "",
     }
 
 
@@ -344,6 +347,7 @@ def _context(results: dict) -> dict[str, Any]:
         "bakeoff_version": results.get("bakeoff_version") or "n/a",
         "metrics": metrics,
         "metric_notes": [(m, status[m]) for m in metrics if status.get(m, "ok") != "ok"],
+        "metric_definitions": list((results.get("metric_definitions") or {}).items()),
         "summary": _summary(results, metrics, status),
         "rows": [{"arm": _label(results, r.get("arm", "")), "variant": r.get("variant", ""),
                   "model": r.get("model") or "",
@@ -399,11 +403,15 @@ def render_markdown(results: dict) -> str:
                                            for s in c["summary"]])
 
     def md_cell(x: dict) -> str:
-        return f"{x['mean']} {x['ci']} (n={x['n']}, failures={x['failures']})" if x["ok"] else x["status"]
+        raw = f"; {x['raw']}" if x["raw"] else ""
+        return f"{x['mean']} {x['ci']} (n={x['n']}, failures={x['failures']}{raw})" if x["ok"] else x["status"]
     out += ["## Metrics", ""] + _md_table(["Arm", "Variant"] + c["metrics"],
                                           [[r["arm"], r["variant"]] + [md_cell(x) for x in r["cells"]]
                                            for r in c["rows"]])
     out += [f"- `{m}`: {html.escape(note, quote=False)}" for m, note in c["metric_notes"]]
+    if c["metric_definitions"]:
+        out += ["", "How each metric is scored:", ""] + [f"- `{m}`: {html.escape(text, quote=False)}"
+                                                         for m, text in c["metric_definitions"]]
     out += ["", "Fine-tuned minus base (paired: mean difference [95% interval], p-value):", ""]
     out += _md_table(["Arm"] + c["metrics"], [[d["arm"]] + d["values"] for d in c["deltas"]])
     out += ["## Training", ""] + _md_table([""] + [t["arm"] for t in c["training"]],

@@ -64,6 +64,7 @@ def build_results(
         "data": stats,
         "metrics": metric_names(spec.evaluation),
         "metric_status": status,
+        "metric_definitions": {k: v for summary, _ in evaluations for k, v in summary.get("definitions", {}).items()},
         "rows": rows,
         "training": {a.name: training[a.name] for a in spec.arms},
         "comparisons": comparisons,

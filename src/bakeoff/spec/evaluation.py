@@ -53,6 +53,11 @@ class GenerationSpec(Strict):
 class JudgeSpec(ModelEndpoint):
     """An OpenAI-compatible chat endpoint that grades answers 1-10 against the reference."""
 
+    rubric: Literal["reference", "open-ended"] = Field(
+        default="reference", description="reference: compare with the reference answer first and correct its "
+        "mistakes (FastChat's reference-guided grading; tasks with one right answer); open-ended: helpfulness, "
+        "correctness and instruction following, the reference one good answer among many, its style and length "
+        "not rewarded (instruction data such as alpaca or instruct-v3)")
     max_tokens: int = Field(default=512, gt=0, description="the longest judge reply, in tokens")
     logprobs: bool = Field(
         default=False, description="also the logprob-weighted rating (for endpoints that return logprobs)"
