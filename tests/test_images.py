@@ -28,11 +28,15 @@ pytestmark = pytest.mark.skipif(not REQUIRED, reason="set BAKEOFF_DOCKER_TEST=1 
                                 "(make test-images) to run stages in their containers")
 
 # What each stage's image must be able to import (its extra), beside kfp and bakeoff.
-MODULES = {"prepare": ["datasets", "transformers", "minio"],
-           "finetune": ["torch", "transformers", "peft", "trl", "accelerate", "bitsandbytes", "kubernetes"],
-           "generate": ["torch", "transformers", "peft"],
-           "evaluate": ["openai", "ragas", "numpy"],
-           "report": ["jinja2", "matplotlib"]}
+# What each stage's image must import: its libraries, and the endpoint client where the stage talks to an
+# OpenAI-compatible API (the judge preflight, the hosted arm, the generation endpoint).
+MODULES = {"prepare": ["datasets", "transformers", "minio", "openai", "tenacity", "bakeoff.stages",
+                       "bakeoff.endpoints"],
+           "finetune": ["torch", "transformers", "peft", "trl", "trl.data_utils", "accelerate", "bitsandbytes",
+                        "kubernetes", "openai", "tenacity", "bakeoff.train.worker", "bakeoff.train.hosted"],
+           "generate": ["torch", "transformers", "peft", "openai", "tenacity", "bakeoff.generate.backends"],
+           "evaluate": ["openai", "ragas", "numpy", "tenacity", "bakeoff.evaluate.ragas_metrics"],
+           "report": ["jinja2", "matplotlib", "bakeoff.report.render"]}
 HARDENED = {"read_only": True, "tmpfs": {"/tmp": "mode=1777", "/home/bakeoff": "uid=10001,gid=10001,mode=0755"},
             "cap_drop": ["ALL"], "security_opt": ["no-new-privileges"], "network_mode": "none"}
 
