@@ -41,23 +41,23 @@ def finetune_arm(spec: ExperimentSpec, arm: str, data: str | Path, out: str | Pa
                  processes: int | None = None) -> TrainResult:
     """Fine-tune one arm of ``spec`` from ``data`` (the prepare output, a folder or ``s3://``) into ``out``."""
     arm_spec = spec.arm(arm)
-    if arm_spec.is_hosted:
-        # a provider trains it: upload the splits, create (or attach to) the job, follow it to the end
-        from bakeoff.train.hosted import finetune_hosted
-
-        return finetune_hosted(spec, arm_spec, data, out)
-    if arm_spec.nodes > 1:
-        # several nodes: a Kubeflow Trainer job runs the worker (under torchrun) on each of them
-        from bakeoff.train.trainer_job import run_multinode
-
-        run_multinode(spec, arm, data, out)
-        return read_train_result(out)
-    if "LOCAL_RANK" in os.environ:
+    if "LOCAL_RANK" in os.environ and not arm_spec.is_hosted:
         raise TrainingError("this process is already a torchrun rank: run the training worker under torchrun "
                             "(torchrun --nproc_per_node=N -m bakeoff.train.worker --spec ... --arm ... --data ... "
                             "--out ...), not the finetune stage, which starts torchrun itself")
-    processes = processes_for(spec) if processes is None else processes
     with staged(data, out) as (data_dir, out_dir):
+        if arm_spec.is_hosted:
+            # a provider trains it: upload the splits, create (or attach to) the job, follow it to the end
+            from bakeoff.train.hosted import finetune_hosted
+
+            return finetune_hosted(spec, arm_spec, data_dir, out_dir)
+        if arm_spec.nodes > 1:
+            # several nodes: a Kubeflow Trainer job runs the worker (under torchrun) on each of them
+            from bakeoff.train.trainer_job import run_multinode
+
+            run_multinode(spec, arm, data_dir, out_dir)
+            return read_train_result(out_dir)
+        processes = processes_for(spec) if processes is None else processes
         if processes <= 1:
             return train_arm(spec, arm_spec, data_dir, out_dir)
         return _torchrun(spec, arm, processes, data_dir, out_dir)
