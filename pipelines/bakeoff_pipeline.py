@@ -172,6 +172,10 @@ def build_pipeline(spec: ExperimentSpec, local: bool = False):
                    scores=dsl.Collected(ev.outputs["scores"])),
             "report", spec,
         )
+        # Never cached: on a cache hit the backend reuses the earlier execution's artifacts, which live under
+        # the earlier run's id, and `--fetch-report` (which reads under this run's id) would find none. The
+        # report is cheap to render again.
+        rep.set_caching_options(False)
         return Outputs(html=rep.outputs["html"], markdown=rep.outputs["markdown"], results=rep.outputs["results"])
 
     return bakeoff

@@ -104,13 +104,51 @@ def wait(client, submitted: SubmittedRun, timeout_s: int, poll_s: int = 15) -> s
     return state
 
 
-def fetch_report(submitted: SubmittedRun, out_dir: str | Path, pipeline_root: str | None = None) -> dict[str, Path]:
-    """Download the report task's artifacts of the run into ``out_dir`` (report.html, report.md, results.json)."""
-    from bakeoff.storage import parse_s3_uri, s3_client
+LAUNCHER_CONFIG_MAP = "kfp-launcher"  # a namespace's KFP settings: defaultPipelineRoot
+READABLE_SCHEMES = ("minio", "s3")
 
-    root = (pipeline_root or DEFAULT_PIPELINE_ROOT).rstrip("/")
-    s3_root = "s3://" + root.split("://", 1)[1] if "://" in root else root
-    bucket, key = parse_s3_uri(s3_root)
+
+def namespace_pipeline_root(namespace: str | None) -> str | None:
+    """The ``defaultPipelineRoot`` of the namespace's ``kfp-launcher`` ConfigMap (what KFP uses when a run sets
+    no root), or None when there is none or it cannot be read."""
+    if not namespace:
+        return None
+    try:
+        from kubernetes import client, config
+
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            config.load_kube_config()
+        data = client.CoreV1Api().read_namespaced_config_map(LAUNCHER_CONFIG_MAP, namespace).data or {}
+    except Exception as exc:  # no kubeconfig, no access, no such ConfigMap: KFP's default root applies
+        log.info("no %s ConfigMap root for namespace %s (%s); using KFP's default", LAUNCHER_CONFIG_MAP, namespace,
+                 exc)
+        return None
+    return data.get("defaultPipelineRoot") or None
+
+
+def artifact_prefix(root: str) -> tuple[str, str]:
+    """(bucket, key prefix) of a pipeline root: ``minio://`` and ``s3://`` only, its query string (KFP's
+    ``?region=...&endpoint=...`` settings) left out of the key."""
+    from bakeoff.storage import parse_s3_uri
+
+    scheme = root.split("://", 1)[0] if "://" in root else ""
+    if scheme not in READABLE_SCHEMES:
+        raise StorageError(f"{root}: --fetch-report reads minio:// and s3:// pipeline roots; download this run's "
+                           "report from the Kubeflow UI (or with the store's own tool) instead")
+    location = root.split("://", 1)[1].split("?", 1)[0].rstrip("/")
+    return parse_s3_uri(f"s3://{location}")
+
+
+def fetch_report(submitted: SubmittedRun, out_dir: str | Path, pipeline_root: str | None = None) -> dict[str, Path]:
+    """Download the report task's artifacts of the run into ``out_dir`` (report.html, report.md, results.json).
+
+    The root: ``pipeline_root``, else the namespace's ``kfp-launcher`` default, else KFP's default."""
+    from bakeoff.storage import s3_client
+
+    root = pipeline_root or namespace_pipeline_root(submitted.namespace) or DEFAULT_PIPELINE_ROOT
+    bucket, key = artifact_prefix(root)
     prefix = "/".join(filter(None, [key, submitted.pipeline_name, submitted.run_id])) + "/"
     client = s3_client()
     try:

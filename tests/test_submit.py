@@ -146,3 +146,61 @@ def test_a_bad_gpu_pool_names_its_file_and_key(monkeypatch, tmp_path, capsys):
     assert main(["compile", "experiments/smoke.yaml", "-o", str(tmp_path / "p.yaml")]) == 2
     err = capsys.readouterr().err
     assert str(pool) in err and "resources.evaluate.gpu.count" in err
+
+
+def _store_report(s3, run_id: str, root: str = "v2/artifacts") -> None:
+    for name, body in (("html", f"<html>{run_id}</html>".encode()), ("markdown", b"# report"), ("results", b"{}")):
+        s3.put_bytes(f"{root}/bakeoff-smoke/{run_id}/report/91/{name}", body)
+
+
+def test_the_report_task_is_never_cached_so_a_cached_rerun_has_its_own_report(fake_kfp, s3, tmp_path, capsys):
+    from bakeoff_pipelines import compile_pipeline
+
+    from bakeoff.spec import load_spec
+
+    compile_pipeline(load_spec("experiments/smoke.yaml"), tmp_path / "p.yaml")
+    tasks = list(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))[0]["root"]["dag"]["tasks"]
+    assert tasks["report"].get("cachingOptions") == {} and tasks["prepare-data"]["cachingOptions"]["enableCache"]
+    # The backend on a rerun of an unchanged spec (backend/src/v2/driver): a cached task's outputs stay the
+    # earlier execution's artifacts, under the earlier run's id (run-001 here); a task with caching off runs
+    # again and writes under the new run's id (run-123, the one submitted below).
+    s3.put_bytes("v2/artifacts/bakeoff-smoke/run-001/prepare-data/12/data/train.jsonl", b"{}\n")
+    _store_report(s3, "run-001")
+    _store_report(s3, "run-123")
+    assert main(["run", "experiments/smoke.yaml", "--host", "http://localhost:8080", "--fetch-report",
+                 str(tmp_path / "r"), "--pipeline-root", f"minio://{s3.bucket}/v2/artifacts"]) == 0
+    assert (tmp_path / "r" / "report.html").read_text() == "<html>run-123</html>"
+
+
+def test_a_pipeline_root_with_a_query_string_is_read_without_it(fake_kfp, s3, tmp_path):
+    _store_report(s3, "run-123")
+    root = f"minio://{s3.bucket}/v2/artifacts?region=us-east-1&endpoint=minio-service.kubeflow:9000&disableSSL=true"
+    assert main(["run", "experiments/smoke.yaml", "--host", "http://localhost:8080", "--fetch-report",
+                 str(tmp_path / "r"), "--pipeline-root", root]) == 0
+    assert (tmp_path / "r" / "report.md").read_text() == "# report"
+
+
+def test_an_unreadable_root_scheme_is_refused_with_what_to_do(fake_kfp, tmp_path, capsys):
+    assert main(["run", "experiments/smoke.yaml", "--host", "http://localhost:8080", "--fetch-report",
+                 str(tmp_path / "r"), "--pipeline-root", "gs://my-bucket/pipelines"]) == 1
+    err = capsys.readouterr().err
+    assert "reads minio:// and s3:// pipeline roots" in err and "Traceback" not in err
+
+
+def test_without_a_root_the_namespaces_kfp_launcher_default_is_read(fake_kfp, s3, tmp_path, monkeypatch):
+    import kubernetes
+
+    _store_report(s3, "run-123", root="team-root")
+    seen = {}
+
+    class CoreV1Api:  # the one call made: read the namespace's kfp-launcher ConfigMap
+        def read_namespaced_config_map(self, name, namespace):
+            seen.update(name=name, namespace=namespace)
+            return SimpleNamespace(data={"defaultPipelineRoot": f"minio://{s3.bucket}/team-root"})
+
+    monkeypatch.setattr(kubernetes.config, "load_incluster_config", lambda: None)
+    monkeypatch.setattr(kubernetes.client, "CoreV1Api", CoreV1Api)
+    assert main(["run", "experiments/smoke.yaml", "--host", "http://localhost:8080", "--namespace", "team",
+                 "--fetch-report", str(tmp_path / "r")]) == 0
+    assert seen == {"name": "kfp-launcher", "namespace": "team"}
+    assert (tmp_path / "r" / "report.html").read_text() == "<html>run-123</html>"
