@@ -343,3 +343,18 @@ def test_a_job_that_fails_in_its_pods_fails_the_stage(tmp_path, cache_env, s3):
     with pytest.raises(TrainingError, match="node-0 exited with 1"):
         tj.run_multinode(spec, "tiny-llama", tmp_path / "data", tmp_path / "out", api=api, sleep=lambda s: None)
     assert "cannot reach the S3 endpoint" in api.log
+
+
+def test_render_job_prints_the_manifest_the_launcher_would_create(tmp_path, capsys):
+    from bakeoff.cli import main
+
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec_data()))
+    assert main(["render-job", str(path), "--arm", "tiny-llama", "--namespace", "team"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == tj.build_manifest(spec_of(), "tiny-llama", "team")
+    assert printed["kind"] == "TrainJob" and printed["metadata"]["namespace"] == "team"
+    assert main(["render-job", str(path), "--arm", "tiny-llama", "-o", str(tmp_path / "job.yaml")]) == 0
+    assert yaml.safe_load((tmp_path / "job.yaml").read_text())["metadata"]["namespace"] == "default"
+    assert main(["render-job", str(path), "--arm", "tiny-mixtral"]) == 2  # one node: no Trainer job
+    assert "arms[1].nodes: arm tiny-mixtral trains in its finetune pod" in capsys.readouterr().err

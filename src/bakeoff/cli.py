@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from bakeoff import __version__
-from bakeoff.errors import BakeoffError, exit_code
+from bakeoff.errors import BakeoffError, SpecError, exit_code
 from bakeoff.spec import ExperimentSpec, load_spec
 
 log = logging.getLogger("bakeoff")
@@ -203,6 +203,27 @@ def _tokens_text(views: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _cmd_render_job(args) -> int:
+    import yaml
+
+    from bakeoff.train.trainer_job import build_manifest
+
+    spec = _cluster_spec(args.spec)
+    arm = spec.arm(args.arm)
+    if arm.is_hosted or arm.nodes <= 1:
+        raise SpecError(f"arms[{spec.arms.index(arm)}].nodes: arm {arm.name} trains "
+                        f"{'on the provider' if arm.is_hosted else 'in its finetune pod'}: only an arm with "
+                        "nodes > 1 gets a Kubeflow Trainer job")
+    namespace = args.namespace or spec.resources.trainer.namespace or "default"
+    text = yaml.safe_dump(build_manifest(spec, arm, namespace), sort_keys=False)
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0
+
+
 def _cmd_synth_data(args) -> int:
     from bakeoff.fixtures.smoke import write_smoke_dataset
     from bakeoff.fixtures.sql import write_sql_fixture
@@ -285,6 +306,14 @@ def _stage_commands(sub) -> None:
     s.add_argument("results")
     s.add_argument("--out", required=True)
     s.set_defaults(func=_cmd_report)
+
+    s = sub.add_parser("render-job", help="print the Kubeflow Trainer job (TrainJob or PyTorchJob) the finetune "
+                       "launcher would create for an arm with several nodes, for review or kubectl --dry-run=server")
+    s.add_argument("spec")
+    s.add_argument("--arm", required=True)
+    s.add_argument("--namespace", help="default: resources.trainer.namespace, else default")
+    s.add_argument("-o", "--output", help="a file (default: standard output)")
+    s.set_defaults(func=_cmd_render_job)
 
     s = sub.add_parser("tokens", help="show the exact token ids an arm trains on (with the loss mask) and "
                        "each generation backend feeds, for the first test examples")
