@@ -9,8 +9,10 @@ unless the run sets another): the report task's ``html``, ``markdown`` and ``res
 with the project's S3 client (``S3_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``).
 """
 
+import json
 import logging
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -60,6 +62,43 @@ def make_client(host: str, token: str | None = None, namespace: str | None = Non
                            "or the in-cluster service account for multi-user installs)") from exc
 
 
+# The compiled pipelines set a container security context (kfp-kubernetes), which the backend's driver
+# applies from 2.16.0 (backend/src/v2/driver/k8s.go); 2.15 and older refuse or drop it.
+MIN_BACKEND = (2, 16, 0)
+
+
+def backend_version(client) -> str | None:
+    """The backend's release (``tag_name`` of its healthz reply: the API server writes it beside
+    ``multi_user``, though the generated client's model keeps only the latter); None when unreadable."""
+    api = getattr(client, "_healthz_api", None)
+    if api is None:
+        return None
+    try:
+        reply = api.healthz_service_get_healthz(_preload_content=False, _request_timeout=10)
+        return json.loads(reply.data).get("tag_name") or None
+    except Exception as exc:  # an old or proxied endpoint: say so, do not fail the submission
+        log.debug("reading the backend's healthz failed: %s", exc)
+        return None
+
+
+def check_backend(client, host: str) -> str | None:
+    """A warning when the backend at ``host`` is older than MIN_BACKEND (or its version unknown), else None."""
+    tag = backend_version(client)
+    match = re.match(r"v?(\d+)\.(\d+)\.(\d+)", tag or "")
+    need = ".".join(map(str, MIN_BACKEND))
+    if not match:
+        warning = (f"could not tell the version of Kubeflow Pipelines at {host} (healthz tag_name: {tag!r}); "
+                   f"bakeoff's pipelines need backend {need} or later")
+    elif tuple(map(int, match.groups())) < MIN_BACKEND:
+        warning = (f"Kubeflow Pipelines at {host} is {tag}; bakeoff's pipelines need backend {need} or later "
+                   "(they set a container security context, which older drivers refuse): upgrade Kubeflow "
+                   "Pipelines, or expect the run's first task to fail")
+    else:
+        return None
+    log.warning(warning)
+    return warning
+
+
 def run_url(host: str, run_id: str) -> str:
     return f"{host.rstrip('/')}/#/runs/details/{run_id}"
 
@@ -71,6 +110,7 @@ def submit(spec: ExperimentSpec, host: str, experiment: str | None = None, *, na
     from bakeoff_pipelines.bakeoff_pipeline import compile_pipeline
 
     client = client or make_client(host, token, namespace)
+    check_backend(client, host)
     experiment = experiment or f"bakeoff-{spec.name}"
     run_name = run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     kwargs = {"arguments": {}, "run_name": run_name, "experiment_name": experiment}

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from crd_schema import load_crd, violations
 
 ROOT = Path(__file__).resolve().parents[1]
 CHART = ROOT / "helm" / "bakeoff"
@@ -35,6 +36,7 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # Set by `make check-deploy`: there checkov must run.
 REQUIRE_CHECKOV = os.environ.get("BAKEOFF_CHECK_DEPLOY") == "1"
 BIN = Path(sys.executable).parent
+ARGO_CD_CRD = "argo-cd-v3.5.1-application-crd.yaml.gz"
 CHECKOV = Path(os.environ.get("CHECKOV", ROOT / ".venv" / "checkov" / "bin" / "checkov"))
 
 # Every permission the chart's Role may grant: (apiGroup, resource) -> verbs.
@@ -135,6 +137,11 @@ def validate_all(objects, where: str, allow_unknown: tuple[str, ...] = ()) -> No
 
     errors = []
     for obj in objects:
+        if obj["apiVersion"] == "argoproj.io/v1alpha1" and obj["kind"] == "Application":
+            # Argo CD's own CRD (v3.5.1, tests/contracts/), as strictly: an unknown field is an error
+            errors += [f"{where}: Application/{obj['metadata']['name']} (Argo CD v3.5.1): {line}"
+                       for line in violations(obj, load_crd(ARGO_CD_CRD), "v1alpha1")]
+            continue
         for version in KUBE_VERSIONS:
             try:
                 kv.validate(obj, version, strict=True)
@@ -171,7 +178,7 @@ def test_should_render_objects_valid_for_kubernetes_1_29_to_1_33(name):
 def test_should_build_every_kustomization_into_valid_objects(directory):
     objects = kustomize(directory)
     assert objects, f"{directory} builds nothing"
-    validate_all(objects, directory, allow_unknown=("argoproj.io",))
+    validate_all(objects, directory)
 
 
 @pytest.mark.parametrize("directory", KUSTOMIZE_DIRS)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from types import SimpleNamespace
 
 import kfp
@@ -204,3 +206,58 @@ def test_without_a_root_the_namespaces_kfp_launcher_default_is_read(fake_kfp, s3
                  "--fetch-report", str(tmp_path / "r")]) == 0
     assert seen == {"name": "kfp-launcher", "namespace": "team"}
     assert (tmp_path / "r" / "report.html").read_text() == "<html>run-123</html>"
+
+
+# --- the backend's version: a real kfp.Client against a loopback healthz that answers as the KFP API server
+# does (backend/src/apiserver/main.go at 2.17.0: commit_sha, tag_name, multi_user, pipeline_store) --------
+
+class FakeBackend:
+    def __init__(self, tag_name: str | None):
+        self.tag_name = tag_name
+
+    def handler(self):
+        from http.server import BaseHTTPRequestHandler
+
+        backend = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.rstrip("/") != "/apis/v2beta1/healthz":
+                    self.send_error(404)
+                    return
+                reply = {"commit_sha": "abc123", "multi_user": False, "pipeline_store": ""}
+                if backend.tag_name is not None:
+                    reply["tag_name"] = backend.tag_name
+                body = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+
+@pytest.mark.parametrize(("tag", "warned"), [("2.15.0", "is 2.15.0; bakeoff's pipelines need backend 2.16.0 or later"),
+                                             ("2.16.0", None), ("2.17.0", None), ("v2.18.1", None),
+                                             ("unknown", "could not tell the version"),
+                                             (None, "could not tell the version")])
+def test_an_older_backend_is_warned_about_before_submitting(tag, warned, monkeypatch, caplog):
+    from bakeoff_pipelines.submit import check_backend, make_client
+    from loopback import running
+
+    monkeypatch.delenv("KFP_TOKEN", raising=False)
+    monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", "/nonexistent/token")
+    with running(FakeBackend(tag)) as backend:
+        host = f"http://127.0.0.1:{backend.httpd.server_address[1]}"
+        client = make_client(host)  # the real kfp.Client: it reads healthz itself when no namespace is given
+        with caplog.at_level(logging.WARNING, logger="bakeoff_pipelines.submit"):
+            warning = check_backend(client, host)
+    if warned is None:
+        assert warning is None and not caplog.records
+    else:
+        assert warned in warning and host in warning
+        assert [r.getMessage() for r in caplog.records] == [warning]

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT
+from crd_schema import HERE as CONTRACTS
+from crd_schema import load_crd, violations, webhook_denials
 from kubernetes.client import ApiException
 from s3_fixture import free_port
 
@@ -30,6 +32,7 @@ from bakeoff.spec import parse_spec
 from bakeoff.train import trainer_job as tj
 
 pytest_plugins = ["s3_fixture"]
+TRAINER_CRD = "trainer-v2.3.0-trainjobs.yaml.gz"
 
 SECRETS = {"secrets": {"hf_token": {"name": "hf", "key": "token"},
                        "s3": {"name": "s3-creds", "endpoint_key": "endpoint"}}}
@@ -86,11 +89,14 @@ def test_trainjob_carries_placement_resources_secrets_and_the_training_command()
     assert env["BAKEOFF_CACHE"] == "/cache/bakeoff"
     assert m["spec"]["activeDeadlineSeconds"] == 7200
 
-    (override,) = m["spec"]["podTemplateOverrides"]
-    assert override["targetJobs"] == [{"name": "node"}]
+    assert "podTemplateOverrides" not in m["spec"]  # Trainer v2.1's field: v2.2+ would drop it
+    (patch,) = m["spec"]["runtimePatches"]
+    assert patch["manager"] == tj.MANAGER and "/" in tj.MANAGER  # the v2.2+ webhook wants a domain prefix
+    (job,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    assert job["name"] == "node"
     # what the chart's NetworkPolicy selects
-    assert override["metadata"]["labels"] == cluster.pod_labels(cluster.TRAINING_NODE)
-    pod = override["spec"]
+    assert job["template"]["spec"]["template"]["metadata"]["labels"] == cluster.pod_labels(cluster.TRAINING_NODE)
+    pod = job["template"]["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A100-SXM4-80GB"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["seccompProfile"]["type"] == \
@@ -130,7 +136,12 @@ def test_the_endpoint_comes_from_the_s3_config_map_when_the_spec_names_one(monke
     assert env["AWS_REGION"]["configMapKeyRef"]["key"] == "AWS_REGION"
 
 
-def test_runtime_patches_carry_the_same_pod_settings():
+def test_trainer_v2_1_is_refused_with_what_to_do():
+    with pytest.raises(SpecError, match=r"resources\.trainer\.pod_overrides: .*v2\.1.*Upgrade the Trainer to v2\.2"):
+        spec_of(trainer={"pod_overrides": "podTemplateOverrides"})
+
+
+def test_runtime_patches_carry_the_runtime_and_service_account():
     spec = spec_of(trainer={"pod_overrides": "runtimePatches", "runtime": "torch-cuda", "service_account": "bk"})
     m = tj.build_manifest(spec, "tiny-llama", "ns")
     assert "podTemplateOverrides" not in m["spec"] and m["spec"]["runtimeRef"]["name"] == "torch-cuda"
@@ -192,9 +203,10 @@ class ScriptedApi:
         self.deleted = []
         self.gets = 0
 
-    def create_namespaced_custom_object(self, group, version, ns, plural, body):
+    def create_namespaced_custom_object(self, group, version, ns, plural, body, field_validation=None):
         if self.create_status:
             raise ApiException(status=self.create_status, reason="scripted")
+        self.field_validation = field_validation
         return body
 
     def get_namespaced_custom_object(self, group, version, ns, plural, name):
@@ -261,6 +273,25 @@ def test_a_forbidden_create_says_which_permissions_are_missing():
 
 # --- the whole path, with the job's own command run here ----------------------------------------
 
+def api_status(status: int, message: str) -> ApiException:
+    exc = ApiException(status=status, reason="scripted")
+    exc.body = json.dumps({"kind": "Status", "status": "Failure", "message": message, "code": status})
+    return exc
+
+
+def upstream_admission(body: dict, field_validation: str | None) -> None:
+    """What the API server with Trainer v2.3.0 does on create: strict decoding against the release's CRD
+    (with fieldValidation=Strict; Warn would drop the field), then the Trainer's validating webhook."""
+    unknown = [v.split(":")[0] for v in violations(body, load_crd(TRAINER_CRD), "v1alpha1") if "unknown field" in v]
+    if unknown and field_validation == "Strict":
+        raise api_status(400, f'TrainJob in version "v1alpha1" cannot be handled as a TrainJob: strict decoding '
+                              f'error: {", ".join(f"unknown field {u!r}" for u in unknown)}')
+    denials = webhook_denials(body, yaml.safe_load((CONTRACTS / "trainer-v2.3.0-torch-distributed.yaml").read_text()))
+    if denials:
+        raise api_status(403, 'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request: '
+                              + "; ".join(denials))
+
+
 class LocalTrainer:
     """A Kubernetes API with a Trainer in it, on this machine: creating a TrainJob runs its container
     command (one node, torchrun) with the env its pods would get, then marks it Complete or Failed."""
@@ -271,10 +302,11 @@ class LocalTrainer:
         self.jobs: dict[str, dict] = {}
         self.runs = 0
 
-    def create_namespaced_custom_object(self, group, version, ns, plural, body):
+    def create_namespaced_custom_object(self, group, version, ns, plural, body, field_validation=None):
         name = body["metadata"]["name"]
         if name in self.jobs:
             raise ApiException(status=409, reason="AlreadyExists")
+        upstream_admission(body, field_validation)
         self.jobs[name] = {**body, "status": {"conditions": RUNNING}}
         trainer = body["spec"]["trainer"]
         env = {"PATH": os.environ["PATH"], "BAKEOFF_CACHE": os.environ["BAKEOFF_CACHE"], "OMP_NUM_THREADS": "1",

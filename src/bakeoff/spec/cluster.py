@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bakeoff.spec.base import SecretRef, Strict
 
@@ -64,14 +64,25 @@ class TrainerJobSpec(Strict):
         "older Training Operator (kubeflow.org/v1)"
     )
     runtime: str = Field(default="torch-distributed", description="the TrainJob's ClusterTrainingRuntime")
-    pod_overrides: Literal["podTemplateOverrides", "runtimePatches"] = Field(
-        default="podTemplateOverrides", description="the TrainJob field that carries node selector, tolerations "
-        "and volumes to the training pods (runtimePatches on Trainer releases that replaced podTemplateOverrides)"
+    pod_overrides: Literal["runtimePatches"] = Field(
+        default="runtimePatches", description="the TrainJob field that carries node selector, tolerations, "
+        "volumes and security context to the training pods: runtimePatches (Kubeflow Trainer v2.2+, the "
+        "supported releases)"
     )
     namespace: str | None = Field(default=None, description="default: the namespace of the finetune pod")
     service_account: str | None = Field(default=None, description="the training pods' service account")
     poll_s: float = Field(default=15, gt=0, description="seconds between status checks")
     timeout_s: int | None = Field(default=None, gt=0, description="give up (and delete the job) after this long")
+
+    @field_validator("pod_overrides", mode="before")
+    @classmethod
+    def _no_trainer_v2_1(cls, value):
+        if value == "podTemplateOverrides":
+            raise ValueError("podTemplateOverrides is Kubeflow Trainer v2.1's field, which is not supported: v2.1 "
+                             "has no activeDeadlineSeconds and no securityContext for the pods (it would drop "
+                             "them). Upgrade the Trainer to v2.2+ and remove this key (runtimePatches is the "
+                             "default), or use resources.trainer.api: pytorchjob with the Training Operator")
+        return value
 
 
 class ResourcesSpec(Strict):

@@ -15,11 +15,26 @@ Two APIs: ``trainjob`` (Kubeflow Trainer v2, ``trainer.kubeflow.org/v1alpha1``, 
 such as ``torch-distributed``) and ``pytorchjob`` (the older Training Operator, ``kubeflow.org/v1``).
 The job's name is derived from the spec and arm, so a retried component attaches to the job it
 created instead of starting (and paying for) a second one.
+
+Supported releases (SUPPORTED; the manifests are held in tests/contracts/ against each one's CRD schema,
+with unknown fields as errors, and against the Trainer webhook's rules):
+
+- Kubeflow Trainer v2.2 and v2.3: the pod settings travel in ``runtimePatches`` under a domain-prefixed
+  ``manager`` (MANAGER), the only field v2.2+ keeps for them. v2.1 is not supported: it has only
+  ``podTemplateOverrides``, and neither ``activeDeadlineSeconds`` nor a ``securityContext`` for the pods,
+  which it would drop. Every TrainJob is checked against the typed models of the Trainer API
+  (``kubeflow-trainer-api``, pinned to v2.2.1) before it is sent: a field the models lack is an error here.
+- Training Operator v1.9 (PyTorchJob ``kubeflow.org/v1``).
+
+Jobs are created with ``fieldValidation=Strict``: a field the installed release lacks fails the create
+with the API server's message instead of being dropped. A denial by the Trainer's admission webhook is
+reported as such, apart from a missing permission.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -52,6 +67,12 @@ class JobKind:
 
 TRAINJOB = JobKind("trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob")
 PYTORCHJOB = JobKind("kubeflow.org", "v1", "pytorchjobs", "PyTorchJob")
+# The releases the manifests are built for and tested against (tests/contracts/README.md).
+SUPPORTED = {"trainjob": "Kubeflow Trainer v2.2 or v2.3", "pytorchjob": "Kubeflow Training Operator v1.9"}
+# Who owns the TrainJob's runtime patch: the Trainer webhook (v2.2+) wants a domain-prefixed path.
+MANAGER = "bakeoff.dev/finetune-launcher"
+# The runtime's replicated job and container that train (torch-distributed's ``node``).
+NODE = "node"
 
 
 def job_kind(spec: ExperimentSpec) -> JobKind:
@@ -168,16 +189,16 @@ def build_manifest(spec: ExperimentSpec, arm: str | ArmSpec, namespace: str, ima
             body["trainer"]["resourcesPerNode"] = resources
         if deadline:
             body["activeDeadlineSeconds"] = deadline
-        patch = {**pod_spec, "containers": [{"name": "node", "volumeMounts": mounts,
+        # The Trainer sets the node container's env only through spec.trainer.env: the patch carries none.
+        patch = {**pod_spec, "containers": [{"name": NODE, "volumeMounts": mounts,
                                              "securityContext": cluster.CONTAINER_SECURITY}]}
         pod_meta = {"labels": cluster.pod_labels(cluster.TRAINING_NODE)}
-        if trainer.pod_overrides == "podTemplateOverrides":
-            body["podTemplateOverrides"] = [{"targetJobs": [{"name": "node"}], "metadata": pod_meta, "spec": patch}]
-        else:
-            body["runtimePatches"] = [{"manager": "bakeoff", "trainingRuntimeSpec": {"template": {"spec": {
-                "replicatedJobs": [{"name": "node", "template": {"spec": {"template": {
-                    "metadata": pod_meta, "spec": patch}}}}]}}}}]
-        return {"apiVersion": f"{kind.group}/{kind.version}", "kind": kind.kind, "metadata": metadata, "spec": body}
+        body["runtimePatches"] = [{"manager": MANAGER, "trainingRuntimeSpec": {"template": {"spec": {
+            "replicatedJobs": [{"name": NODE, "template": {"spec": {"template": {
+                "metadata": pod_meta, "spec": patch}}}}]}}}}]
+        manifest = {"apiVersion": f"{kind.group}/{kind.version}", "kind": kind.kind, "metadata": metadata,
+                    "spec": body}
+        return check_trainjob(manifest)
 
     container = {"name": "pytorch", "image": image, "command": training_command(arm, uri), "env": _env(spec),
                  "volumeMounts": mounts, "securityContext": cluster.CONTAINER_SECURITY}
@@ -193,6 +214,31 @@ def build_manifest(spec: ExperimentSpec, arm: str | ArmSpec, namespace: str, ima
         run_policy["activeDeadlineSeconds"] = deadline
     body = {"nprocPerNode": str(procs), "pytorchReplicaSpecs": replicas, "runPolicy": run_policy}
     return {"apiVersion": f"{kind.group}/{kind.version}", "kind": kind.kind, "metadata": metadata, "spec": body}
+
+
+def check_trainjob(manifest: dict) -> dict:
+    """``manifest`` itself, once the Trainer API's typed models (``kubeflow-trainer-api``) keep every field of
+    it; a field they would drop (one the supported Trainer lacks, or a misspelt one) is a TrainingError."""
+    from kubeflow_trainer_api.models import TrainerV1alpha1TrainJob
+
+    kept = TrainerV1alpha1TrainJob.from_dict(manifest).to_dict()
+    dropped = _dropped(manifest, kept)
+    if dropped:
+        raise TrainingError(f"the TrainJob has fields {SUPPORTED['trainjob']} does not define: {', '.join(dropped)}")
+    return manifest
+
+
+def _dropped(sent: Any, kept: Any, path: str = "") -> list[str]:
+    """The paths in ``sent`` that ``kept`` lacks or holds with another value."""
+    if isinstance(sent, dict) and isinstance(kept, dict):
+        out = []
+        for key, value in sent.items():
+            where = f"{path}.{key}" if path else key
+            out += _dropped(value, kept[key], where) if key in kept else [where]
+        return out
+    if isinstance(sent, list) and isinstance(kept, list) and len(sent) == len(kept):
+        return [p for i, (a, b) in enumerate(zip(sent, kept, strict=True)) for p in _dropped(a, b, f"{path}[{i}]")]
+    return [] if sent == kept else [path]
 
 
 def job_state(kind: JobKind, obj: dict) -> tuple[str, str]:
@@ -238,9 +284,14 @@ def kube_api():
     return client.CustomObjectsApi()
 
 
-def _api_error(exc: Exception) -> TrainingError:
+def _api_error(exc: Exception, kind: JobKind | None = None) -> TrainingError:
     status = getattr(exc, "status", None)
-    body = getattr(exc, "body", None) or str(exc)
+    body = _server_message(exc)
+    supported = SUPPORTED["pytorchjob" if kind is PYTORCHJOB else "trainjob"]
+    if "admission webhook" in body:  # a webhook's denial comes as 403 (or 4xx) with its own message
+        return TrainingError(f"the cluster's admission webhook refused the job: {body} (bakeoff builds jobs for "
+                             f"{supported}: is that the installed release? bakeoff render-job SPEC --arm NAME "
+                             "prints the manifest for kubectl apply --dry-run=server)")
     if status == 403:
         return TrainingError(f"the Kubernetes API refused ({body}); the pipeline's service account needs create, "
                              "get, list, watch and delete on trainjobs.trainer.kubeflow.org (or "
@@ -248,22 +299,44 @@ def _api_error(exc: Exception) -> TrainingError:
     if status == 404:
         return TrainingError(f"the Kubernetes API has no such resource ({body}); is Kubeflow Trainer installed? "
                              "Set resources.trainer.api to pytorchjob on clusters with the older Training Operator")
+    if status == 400 and ("unknown field" in body or "strict decoding" in body):
+        return TrainingError(f"the installed job API lacks a field bakeoff sets ({body}); bakeoff builds jobs for "
+                             f"{supported}: upgrade it, or set resources.trainer.api to match the cluster")
+    if status == 422:
+        return TrainingError(f"the Kubernetes API found the job invalid: {body}")
     return TrainingError(f"Kubernetes API error {status}: {body}")
 
 
+def _server_message(exc: Exception) -> str:
+    """The Status message of an ApiException's JSON body, else the body (or the exception) as text."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, bytes):
+        body = body.decode(errors="replace")
+    if body:
+        try:
+            message = json.loads(body).get("message")
+        except (ValueError, AttributeError):
+            message = None
+        return str(message or body)
+    return str(exc)
+
+
 def submit_job(api, manifest: dict) -> dict:
-    """Create the job, or return the one already there (a retried component must not train twice)."""
+    """Create the job, or return the one already there (a retried component must not train twice).
+
+    ``fieldValidation=Strict``: the API server refuses a field its CRD lacks instead of dropping it."""
     kind = TRAINJOB if manifest["kind"] == TRAINJOB.kind else PYTORCHJOB
     ns, name = manifest["metadata"]["namespace"], manifest["metadata"]["name"]
     try:
-        created = api.create_namespaced_custom_object(kind.group, kind.version, ns, kind.plural, manifest)
+        created = api.create_namespaced_custom_object(kind.group, kind.version, ns, kind.plural, manifest,
+                                                      field_validation="Strict")
         log.info("created %s %s/%s", kind.kind, ns, name)
         return created
     except Exception as exc:  # kubernetes.client.ApiException, without importing kubernetes here
         if getattr(exc, "status", None) == 409:
             log.info("%s %s/%s exists already (an earlier attempt): following it", kind.kind, ns, name)
             return api.get_namespaced_custom_object(kind.group, kind.version, ns, kind.plural, name)
-        raise _api_error(exc) from exc
+        raise _api_error(exc, kind) from exc
 
 
 def wait_for_job(api, kind: JobKind, namespace: str, name: str, poll_s: float = 15,
@@ -279,7 +352,7 @@ def wait_for_job(api, kind: JobKind, namespace: str, name: str, poll_s: float = 
         except Exception as exc:
             failures += 1
             if failures >= 5 or getattr(exc, "status", None) in (403, 404):
-                raise _api_error(exc) from exc
+                raise _api_error(exc, kind) from exc
             log.warning("reading %s %s failed (%s); retrying", kind.kind, name, exc)
             sleep(poll_s)
             continue
@@ -350,5 +423,6 @@ def run_multinode(spec: ExperimentSpec, arm: str, data_dir: str | Path, out_dir:
     return collect_result(uri, out_dir)
 
 
-__all__ = ["PYTORCHJOB", "TRAINJOB", "build_manifest", "collect_result", "job_name", "job_state", "run_multinode",
+__all__ = ["MANAGER", "PYTORCHJOB", "SUPPORTED", "TRAINJOB", "build_manifest", "check_trainjob",
+           "collect_result", "job_name", "job_state", "run_multinode",
            "submit_job", "training_command", "wait_for_job"]
