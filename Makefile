@@ -65,7 +65,8 @@ images:
 base-image:
 	images/base-image.sh
 
-## test-images: run a pipeline stage inside its built image through KFP's Docker runner
+## test-images: probe each built image for the modules its stage imports, and run the whole smoke pipeline
+## (all five stages, each in its own image) through KFP's Docker runner
 test-images: $(STAMP)
 	BAKEOFF_DOCKER_TEST=1 BAKEOFF_REGISTRY=$(REGISTRY) $(if $(TAG),BAKEOFF_IMAGE_TAG=$(TAG)) \
 		$(BIN)/python -m pytest -q tests/test_images.py

@@ -67,11 +67,12 @@ def test_a_resumed_run_reports_the_sum_of_its_segments(tmp_path, cache_env):
     whole = train(spec, tmp_path, "whole", checkpoint_uri=str(tmp_path / "ckpt-whole"))
     assert whole.segments == 1
     first = train(spec, tmp_path, "first", checkpoint_uri=str(tmp_path / "ckpt"))
-    shutil.rmtree(tmp_path / "ckpt" / "checkpoint-4")  # as if the pod died after step 2's checkpoint
+    ckpt = next((tmp_path / "ckpt").glob("fp-*"))  # the training's checkpoints, under its fingerprint
+    shutil.rmtree(ckpt / "checkpoint-4")  # as if the pod died after step 2's checkpoint
     resumed = train(spec, tmp_path, "resumed", checkpoint_uri=str(tmp_path / "ckpt"))
     assert resumed.resumed_from_step == 2 and resumed.segments == 2
     assert resumed.train_tokens == whole.train_tokens == first.train_tokens  # not the last segment's alone
-    saved = json.loads((tmp_path / "ckpt" / "checkpoint-2" / "bakeoff_accounting.json").read_text())
+    saved = json.loads((ckpt / "checkpoint-2" / "bakeoff_accounting.json").read_text())
     assert 0 < saved["tokens"] < whole.train_tokens and saved["segments"] == 1
     assert resumed.seconds > saved["train_seconds"]
 

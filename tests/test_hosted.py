@@ -276,7 +276,7 @@ def test_the_result_file_is_read_plain_or_base64():
 
 
 def _spec_with(arm: dict, **top):
-    data = {"name": "x", "data": {"sources": [{"uri": "d.jsonl"}], "split": {"train": 1, "validation": 1, "test": 1}},
+    data = {"name": "x", "data": {"sources": [{"uri": "d.jsonl"}], "split": {"train": 4, "validation": 1, "test": 1}},
             "arms": [{"name": "local", "model": "tiny://llama"}, {"name": "gpt", **arm}], **top}
     return data
 

@@ -1,4 +1,5 @@
-"""A finetune killed mid-run resumes from its newest complete checkpoint, locally and on S3."""
+"""A finetune killed mid-run resumes from its newest complete checkpoint, locally and on S3 (each
+training's checkpoints live under ``<checkpoint_uri>/<experiment>/<arm>/fp-<fingerprint>/``)."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def finish(spec: Path, tmp_path: Path) -> dict:
 
 
 def local_complete(root: Path, step: int) -> bool:
-    return (root / f"checkpoint-{step}" / MARKER).is_file()
+    return any(root.glob(f"fp-*/checkpoint-{step}/{MARKER}"))
 
 
 def test_sigkill_then_resume_from_a_local_checkpoint(tmp_path, cache_env):
@@ -80,7 +81,8 @@ def test_sigkill_then_resume_from_s3(tmp_path, cache_env, s3):
 
     def on_s3(step: int) -> bool:
         names = {o.object_name for o in s3.client.list_objects(s3.bucket, prefix="ckpt/", recursive=True)}
-        return f"ckpt/smoke/tiny-llama/checkpoint-{step}/{MARKER}" in names
+        return any(re.fullmatch(rf"ckpt/smoke/tiny-llama/fp-[0-9a-f]{{16}}/checkpoint-{step}/{MARKER}", n)
+                   for n in names)
 
     proc = start(spec, tmp_path)
     wait_for(lambda: on_s3(20), proc)

@@ -215,7 +215,7 @@ def test_load_spec_resolves_relative_sources(tmp_path):
     (tmp_path / "d").mkdir()
     path = tmp_path / "e.yaml"
     data = _spec(data={"sources": [{"uri": "d/x.jsonl"}, {"uri": "s3://b/k.jsonl"}, {"uri": "/abs/y.jsonl"}],
-                       "split": {"train": 1, "validation": 1, "test": 1}})
+                       "split": {"train": 4, "validation": 1, "test": 1}})
     path.write_text(yaml.safe_dump(data))
     spec = load_spec(path)
     assert [s.uri for s in spec.data.sources] == [

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bakeoff.errors import DataError, ModelError
-from bakeoff.jsonl import read_jsonl, write_jsonl
+from bakeoff.jsonl import atomic_path, read_jsonl, write_jsonl
 
 SPLITS = ("train", "validation", "test")
 STATS = "stats.json"
@@ -46,22 +47,40 @@ def _write_json(path: Path, doc: Any, sort_keys: bool = False) -> Path:
 # --- prepare -> every stage -----------------------------------------------------------------------------
 
 
+def split_path(data_dir: str | Path, split: str) -> Path:
+    """Where one split's examples are: ``<data_dir>/<split>.jsonl``."""
+    return Path(data_dir) / f"{split}.jsonl"
+
+
 def write_split(data_dir: str | Path, split: str, rows: Iterable[dict]) -> Path:
-    """Write one split's examples."""
-    return write_jsonl(Path(data_dir) / f"{split}.jsonl", rows)
+    """Write one split's examples (all or nothing: ``write_jsonl`` renames the file into place at the end)."""
+    return write_jsonl(split_path(data_dir, split), rows)
+
+
+def write_prepared(data_dir: str | Path, parts: dict[str, list[dict]], stats: dict[str, Any]) -> None:
+    """The prepare stage's splits and ``stats.json``, all or none: each is written under a temporary name, and
+    they are renamed into place only once every one is written (a failure leaves what was there before)."""
+    with ExitStack() as stack:
+        for split, rows in parts.items():
+            write_jsonl(stack.enter_context(atomic_path(split_path(data_dir, split))), rows)
+        _write_json(stack.enter_context(atomic_path(Path(data_dir) / STATS)), stats, sort_keys=True)
 
 
 def read_split(data_dir: str | Path, split: str) -> list[dict]:
     """The examples of one split the prepare stage wrote."""
-    path = Path(data_dir) / f"{split}.jsonl"
+    path = split_path(data_dir, split)
     if not path.is_file():
         raise DataError(f"{path}: missing; was the prepare stage run into {data_dir}?")
     return read_jsonl(path)
 
 
 def write_stats(data_dir: str | Path, stats: dict[str, Any]) -> Path:
-    """The prepare stage's ``stats.json`` (sorted keys: the same bytes wherever it is written)."""
-    return _write_json(Path(data_dir) / STATS, stats, sort_keys=True)
+    """The prepare stage's ``stats.json`` (sorted keys: the same bytes wherever it is written), renamed into
+    place once written."""
+    path = Path(data_dir) / STATS
+    with atomic_path(path) as tmp:
+        _write_json(tmp, stats, sort_keys=True)
+    return path
 
 
 def read_stats(data_dir: str | Path) -> dict[str, Any]:
@@ -106,6 +125,9 @@ class TrainResult:
     evaluation_seconds: float | None = None  # validation passes, not in seconds, gpu_hours or cost_usd
     segments: int = 1  # runs that trained it (more than 1 after a resume; seconds and tokens are their sums)
     rows: dict[str, int] = field(default_factory=dict)  # train rows: kept, dropped, cut at max_seq_length
+    fingerprint: str | None = None  # hash of what determined the training (bakeoff.train.checkpoints)
+    resume_status: str | None = None  # "resumed from step N", "fresh", or "fresh: <why not the earlier checkpoint>"
+    fingerprint_changed: list[str] | None = None  # what differs from the earlier checkpoint's fingerprint
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

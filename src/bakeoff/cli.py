@@ -18,11 +18,29 @@ from bakeoff.errors import BakeoffError, SpecError, exit_code
 from bakeoff.spec import ExperimentSpec, load_spec
 
 log = logging.getLogger("bakeoff")
+# Loggers quiet below WARNING unless -v: httpx (openai < 3), httpx2 (openai 3), httpcore, openai itself.
+QUIET_LOGGERS = ("httpx", "httpx2", "httpcore", "openai")
 
 
 def _cmd_validate(args) -> int:
+    from bakeoff.capacity.plan import fit_errors, plan_spec, render
+
     spec = load_spec(args.spec)
     print(plan(spec))
+    plans = plan_spec(spec, getattr(args, "data", None))
+    print("capacity (bakeoff plan SPEC for the notes; GB = 1e9 bytes per GPU):")
+    print(render(plans, notes=False))
+    errors = fit_errors(spec, plans)
+    if errors:
+        raise SpecError(errors, source=args.spec)
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from bakeoff.capacity.plan import plan_spec, render
+
+    plans = plan_spec(load_spec(args.spec), args.data)
+    print(json.dumps([p.to_dict() for p in plans], indent=2) if args.json else render(plans))
     return 0
 
 
@@ -84,12 +102,15 @@ def _cmd_run(args) -> int:
         return _submit(_cluster_spec(args.spec), host, args)
     spec = load_spec(args.spec)
     from bakeoff_pipelines import run_local
+    from bakeoff_pipelines.bakeoff_pipeline import RunInterrupted
 
     out = Path(args.out or Path("runs") / spec.name)
     try:
-        paths = run_local(spec, out)
-    except RuntimeError as exc:  # kfp.local: a task failed; its own log above says why
-        raise BakeoffError(f"pipeline failed: {exc} (the failing task's log is printed above)") from exc
+        paths = run_local(spec, out)  # a failed task raises a BakeoffError naming it and its error
+    except RunInterrupted as exc:  # SIGINT or SIGTERM: every task stopped, trainings saved a checkpoint
+        rerun = " ".join(["bakeoff", "run", args.spec, *(["--out", args.out] if args.out else [])])
+        print(exc.summary(rerun), file=sys.stderr)
+        return 130
     print(f"report: {paths['html']}")
     print(f"markdown: {paths['markdown']}")
     print(f"results: {paths['results']}")
@@ -151,9 +172,25 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_report(args) -> int:
+    from bakeoff.report.results import SCHEMA_VERSION
     from bakeoff.stages import run_report_from_results
 
-    paths = run_report_from_results(args.results, args.out)
+    try:
+        results = json.loads(Path(args.results).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        why = getattr(exc, "strerror", None) or exc
+        raise BakeoffError(f"{args.results}: cannot read results JSON: {why}") from exc
+    version = results.get("schema_version") if isinstance(results, dict) else None
+    if version != SCHEMA_VERSION:
+        found = (f"a JSON {type(results).__name__}" if not isinstance(results, dict) else
+                 f"schema_version {version!r}" if "schema_version" in results else "no schema_version")
+        raise BakeoffError(f"{args.results}: not a bakeoff results.json of schema version {SCHEMA_VERSION} (found "
+                           f"{found}); it is the report stage's results.json (runs/NAME/results.json)")
+    try:
+        paths = run_report_from_results(args.results, args.out)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:  # a key missing or of another type
+        raise BakeoffError(f"{args.results}: malformed results.json ({type(exc).__name__}: {exc}); see "
+                           "docs/results-schema.md") from exc
     print(f"report: {paths['html']}")
     return 0
 
@@ -225,30 +262,72 @@ def _cmd_render_job(args) -> int:
 
 
 def _cmd_synth_data(args) -> int:
+    from bakeoff.errors import StorageError
     from bakeoff.fixtures.smoke import write_smoke_dataset
     from bakeoff.fixtures.sql import write_sql_fixture
     from bakeoff.fixtures.viggo import write_viggo_fixture
 
     write = {"smoke": write_smoke_dataset, "sql": write_sql_fixture, "viggo": write_viggo_fixture}[args.kind]
     n = args.n or {"smoke": 1000, "sql": 400, "viggo": 400}[args.kind]
+    target = Path(args.output) / "sql.jsonl" if args.kind == "sql" else Path(args.output)
+    if target.is_dir() or (args.kind == "sql" and Path(args.output).is_file()):
+        raise StorageError(f"{args.output}: is a {'file' if args.kind == 'sql' else 'folder'}; synth-data --kind "
+                           f"{args.kind} writes {'a folder' if args.kind == 'sql' else 'a .jsonl file'}")
+    if target.exists() and not args.force:
+        raise StorageError(f"{target}: exists; pass --force to overwrite it")
+    existed = target.exists()
     path = write(args.output, n=n, seed=args.seed)
-    print(f"wrote {n} {args.kind} records to {path}")
+    print(f"overwrote {path} with {n} {args.kind} records" if existed else f"wrote {n} {args.kind} records to {path}")
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _folder(text: str) -> str:
+    """An argparse type: an output folder (created if missing) or an s3:// prefix; an existing file is refused."""
+    if "://" not in text and Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a folder (it is created if missing)")
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error in one line (the usage itself is one --help away); exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bakeoff", description=__doc__.splitlines()[0])
+    p = _Parser(prog="bakeoff", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"bakeoff {__version__}")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (with each HTTP request)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("validate", help="check a spec and print the plan")
+    s = sub.add_parser("validate", help="check a spec, print the plan and refuse an arm that would not fit its GPU")
     s.add_argument("spec")
+    s.add_argument("--data", help="a prepared data folder (bakeoff prepare --out): its token counts for the plan")
     s.set_defaults(func=_cmd_validate)
+
+    s = sub.add_parser("plan", help="per arm and GPU stage: parameters, peak memory by part, fit, tokens, GPU "
+                       "hours and cost")
+    s.add_argument("spec")
+    s.add_argument("--data", help="a prepared data folder (bakeoff prepare --out): its token counts")
+    s.add_argument("--json", action="store_true", help="one JSON object per arm and stage")
+    s.set_defaults(func=_cmd_plan)
 
     s = sub.add_parser("run", help="run the pipeline locally (KFP local runner) or submit it with --host")
     s.add_argument("spec")
-    s.add_argument("--out", help="output folder (default runs/<experiment name>)")
+    s.add_argument("--out", type=_folder, help="output folder (default runs/<experiment name>)")
     s.add_argument("--host", help="Kubeflow Pipelines endpoint to submit to (default $KFP_HOST); auth: $KFP_TOKEN "
                    "(a bearer token) or, in a cluster, the mounted pipelines service account token")
     s.add_argument("--experiment", help="KFP experiment (default bakeoff-<name>)")
@@ -263,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=int, default=86400, help="seconds to wait (default a day)")
     s.set_defaults(func=_cmd_run)
     _stage_commands(sub)
+    for s in sub.choices.values():  # also after the command (bakeoff validate x.yaml --debug); unset keeps the above
+        s.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+        s.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of an error")
     return p
 
 
@@ -275,16 +357,17 @@ def _stage_commands(sub) -> None:
 
     s = sub.add_parser("prepare", help="run the prepare stage")
     s.add_argument("spec")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, type=_folder)
     s.set_defaults(func=_cmd_prepare)
 
     s = sub.add_parser("finetune", help="fine-tune one arm")
     s.add_argument("spec", help="a spec file, or env:NAME to read it from an environment variable")
     s.add_argument("--arm", required=True)
     s.add_argument("--data", required=True, help="the prepare stage's output folder (or an s3:// prefix)")
-    s.add_argument("--out", required=True, help="a folder, or an s3:// prefix (rank 0 uploads, COMPLETE last)")
-    s.add_argument("--processes", type=int, help="data-parallel processes (default: one per GPU the spec asks "
-                   "for, when visible); more than 1 relaunches under torchrun")
+    s.add_argument("--out", required=True, type=_folder, help="a folder, or an s3:// prefix (rank 0 uploads, "
+                   "COMPLETE last)")
+    s.add_argument("--processes", type=_positive_int, help="data-parallel processes (default: one per GPU the spec "
+                   "asks for, when visible); more than 1 relaunches under torchrun")
     s.set_defaults(func=_cmd_finetune)
 
     s = sub.add_parser("generate", help="generate answers on the test split for one arm")
@@ -292,19 +375,19 @@ def _stage_commands(sub) -> None:
     s.add_argument("--arm", required=True)
     s.add_argument("--data", required=True)
     s.add_argument("--model", help="the finetune stage's output folder (omit for base variants only)")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, type=_folder)
     s.set_defaults(func=_cmd_generate)
 
     s = sub.add_parser("evaluate", help="score one arm's generations")
     s.add_argument("spec")
     s.add_argument("--arm", required=True)
     s.add_argument("--generations", required=True)
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, type=_folder)
     s.set_defaults(func=_cmd_evaluate)
 
     s = sub.add_parser("report", help="render report.html and report.md from a results.json")
     s.add_argument("results")
-    s.add_argument("--out", required=True)
+    s.add_argument("--out", required=True, type=_folder)
     s.set_defaults(func=_cmd_report)
 
     s = sub.add_parser("render-job", help="print the Kubeflow Trainer job (TrainJob or PyTorchJob) the finetune "
@@ -319,7 +402,7 @@ def _stage_commands(sub) -> None:
                        "each generation backend feeds, for the first test examples")
     s.add_argument("spec")
     s.add_argument("--arm", required=True)
-    s.add_argument("--n", type=int, default=3, help="test examples (default 3)")
+    s.add_argument("--n", type=_positive_int, default=3, help="test examples (default 3)")
     s.add_argument("--data", help="a prepare output folder (default: prepare the spec's data here)")
     s.add_argument("--json", action="store_true", help="one object per example: train_input_ids, train_labels, "
                    "generate_input_ids, checks")
@@ -328,8 +411,9 @@ def _stage_commands(sub) -> None:
     s = sub.add_parser("synth-data", help="write the project's own offline data sets (smoke, sql, viggo)")
     s.add_argument("output", help="a .jsonl file (smoke, viggo) or a folder (sql: sql.jsonl + databases/)")
     s.add_argument("--kind", choices=("smoke", "sql", "viggo"), default="smoke")
-    s.add_argument("--n", type=int, help="records (default 1000 for smoke, 400 otherwise)")
+    s.add_argument("--n", type=_positive_int, help="records (default 1000 for smoke, 400 otherwise)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--force", action="store_true", help="overwrite an existing file")
     s.set_defaults(func=_cmd_synth_data)
 
 
@@ -340,12 +424,13 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if not args.verbose:
-        logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per judge request otherwise
+    if not args.verbose:  # the HTTP clients of openai log a line per request (judge, RAGAS, hosted arms) otherwise
+        for name in QUIET_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
-    except BakeoffError as exc:
-        return exit_code(exc)
+    except (Exception, KeyboardInterrupt) as exc:  # one line, no traceback (--debug shows it): errors.exit_code
+        return exit_code(exc, debug=args.debug)
 
 
 if __name__ == "__main__":

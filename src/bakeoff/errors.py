@@ -39,16 +39,35 @@ class Preempted(BakeoffError):
     """The stage got SIGTERM and saved a checkpoint; a rerun resumes from it."""
 
 
-def exit_code(exc: BakeoffError, stream=None) -> int:
-    """Print ``exc`` the way an entry point shows a user error (no traceback) and return the exit status:
-    2 for an invalid spec (one line per error, naming the key path), 1 for any other error bakeoff raises."""
+def exit_code(exc: BaseException, stream=None, debug: bool = False) -> int:
+    """Print ``exc`` the way an entry point shows an error and return the exit status: 2 for an invalid spec
+    (one line per error, naming the key path), 130 for an interrupt, 1 for anything else.
+
+    An error bakeoff raises, or one of the operating system (a file that cannot be read or written), is one
+    line without a traceback; anything else is unexpected (a bug) and says so in one line. With ``debug`` the
+    traceback is printed first, whatever the error.
+    """
     import sys
+    import traceback
 
     stream = stream or sys.stderr
+    if debug:
+        traceback.print_exception(exc, file=stream)
     if isinstance(exc, SpecError):
         where = f"{exc.source}: " if exc.source else ""
         for message in exc.messages:
             print(f"{where}{message}", file=stream)
         return 2
-    print(f"error: {exc}", file=stream)
+    if isinstance(exc, KeyboardInterrupt):
+        print("interrupted", file=stream)
+        return 130
+    if isinstance(exc, BakeoffError):
+        print(f"error: {exc}", file=stream)
+    elif isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}", file=stream)
+    else:
+        hint = "" if debug else "; rerun with --debug for the traceback"
+        text = " ".join(str(exc).split()) or "(no message)"
+        print(f"error: unexpected {type(exc).__name__}: {text} (bakeoff did not expect this{hint})", file=stream)
     return 1

@@ -4,23 +4,57 @@ preflight (the judge's endpoint, checked before paid work) happens here once.
 
 Each stage package is imported inside its function: the prepare and report images load this module
 without the training libraries.
+
+Under the local runner (``bakeoff run``, which sets ``ERROR_FILE_ENV`` for each task) a typed error ends
+the stage with its one line and exit status instead of a traceback, and is written to that file as JSON
+(``type``, ``message``, and ``saved`` for a training stopped with its checkpoint), for the runner's last line.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bakeoff import endpoints
 from bakeoff.artifacts import TrainResult
-from bakeoff.errors import EvaluationError, SpecError
+from bakeoff.errors import BakeoffError, EvaluationError, Preempted, SpecError, exit_code
 from bakeoff.spec import EvaluationSpec, ExperimentSpec
 
 log = logging.getLogger(__name__)
 
 Paths = Sequence[str | Path]
+ERROR_FILE_ENV = "BAKEOFF_ERROR_FILE"
+Stage = TypeVar("Stage", bound=Callable[..., Any])
+
+
+def reported(stage: Stage) -> Stage:
+    """``stage`` as the local runner's tasks run it: with ``ERROR_FILE_ENV`` set, a typed error is written
+    there and ends the process with its exit status (1, or 2 for an invalid spec) and one line, no traceback."""
+
+    @functools.wraps(stage)
+    def run(*args, **kwargs):
+        error_file = os.environ.get(ERROR_FILE_ENV)
+        if not error_file:
+            return stage(*args, **kwargs)
+        try:
+            return stage(*args, **kwargs)
+        except BakeoffError as exc:
+            record = {"type": type(exc).__name__, "message": str(exc)}
+            if getattr(exc, "saved", None):
+                record["saved"] = exc.saved
+            Path(error_file).write_text(json.dumps(record))
+            if isinstance(exc, Preempted):  # stopped as asked, with what it saved: not an error of the stage
+                print(f"stopped: {exc}", file=sys.stderr)
+                raise SystemExit(1) from None
+            raise SystemExit(exit_code(exc)) from None
+
+    return run  # type: ignore[return-value]
 
 
 def preflight(evaluation: EvaluationSpec) -> None:
@@ -31,6 +65,7 @@ def preflight(evaluation: EvaluationSpec) -> None:
         endpoints.check_reachable(judge, "evaluation.judge", error=EvaluationError)
 
 
+@reported
 def run_prepare(spec: ExperimentSpec, out: str | Path):
     """The prepare stage into ``out``: the splits and stats.json (a ``PrepareResult``)."""
     from bakeoff.data.prepare import prepare_for_arms
@@ -40,6 +75,7 @@ def run_prepare(spec: ExperimentSpec, out: str | Path):
     return prepare_for_arms(spec.data, [arm.model for arm in spec.arms if not arm.is_hosted], spec.seed, out)
 
 
+@reported
 def run_finetune(spec: ExperimentSpec, arm: str, data: str | Path, out: str | Path,
                  processes: int | None = None) -> TrainResult:
     """One arm's finetune stage (``data`` and ``out`` may be ``s3://`` prefixes): hosted, on a Trainer job,
@@ -49,6 +85,7 @@ def run_finetune(spec: ExperimentSpec, arm: str, data: str | Path, out: str | Pa
     return finetune_arm(spec, arm, data, out, processes=processes)
 
 
+@reported
 def run_generate(spec: ExperimentSpec, arm: str, data: str | Path, model: str | Path | None,
                  out: str | Path) -> dict[str, Any]:
     """One arm's generate stage: every variant of the spec (only the base variants without ``model``)."""
@@ -61,6 +98,7 @@ def run_generate(spec: ExperimentSpec, arm: str, data: str | Path, model: str | 
                     seed=spec.seed, method=spec.arm_method(arm_spec), precision=spec.training.precision)
 
 
+@reported
 def run_evaluate(spec: ExperimentSpec, arm: str, generations: str | Path, out: str | Path) -> dict[str, Any]:
     """One arm's evaluate stage: every metric of the spec on its generations."""
     from bakeoff.evaluate import evaluate
@@ -69,6 +107,7 @@ def run_evaluate(spec: ExperimentSpec, arm: str, generations: str | Path, out: s
     return evaluate(arm, spec.evaluation, generations, out, seed=spec.seed)
 
 
+@reported
 def run_report(spec: ExperimentSpec, data: str | Path, models: Paths, scores: Paths,
                out: str | Path) -> tuple[dict[str, Any], dict[str, Path]]:
     """The report stage: results.json, report.html and report.md in ``out`` from every arm's artifacts."""
@@ -125,5 +164,5 @@ def run_report_from_results(results_file: str | Path, out: str | Path) -> dict[s
     return write_report(results, out)
 
 
-__all__ = ["preflight", "run_evaluate", "run_finetune", "run_generate", "run_prepare", "run_report",
-           "run_report_from_results", "run_tokens"]
+__all__ = ["ERROR_FILE_ENV", "preflight", "reported", "run_evaluate", "run_finetune", "run_generate", "run_prepare",
+           "run_report", "run_report_from_results", "run_tokens"]

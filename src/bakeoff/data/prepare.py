@@ -1,10 +1,13 @@
 """The prepare stage: read the sources, check every record, filter, apply the template, split by seed.
 
-Sources are read by suffix (``.jsonl``, ``.json`` array, ``.csv``, ``.parquet``; ``s3://`` prefixes the
-same) or from the Hub (``hf://``), and each record is mapped from its format (``alpaca``,
-``prompt-response``, ``sql-create-context``, ``viggo``, ``chat``) to (instruction, input, output).
-A malformed row is a DataError naming ``file:row`` and the field, or, with ``on_error: skip``, is
-counted as ``dropped.malformed`` and logged. Then, in order: empty instructions or responses, exact
+Sources are read by suffix (``.jsonl``, ``.json`` array, ``.csv``, ``.parquet``; every such file under a
+local folder or an ``s3://`` prefix the same) or from the Hub (``hf://``), and each record is mapped from
+its format (``alpaca``, ``prompt-response``, ``sql-create-context``, ``viggo``, ``chat``) to (instruction,
+input, output). A malformed row is a DataError naming ``file:row`` and the field, or, with
+``on_error: skip``, is counted as ``dropped.malformed`` and logged: a line that is not JSON (or is nested
+too deeply), a CSV row with more fields than its header, a field that is not text or not valid UTF-8, a
+``keep`` column JSON cannot hold (bytes, a date). A UTF-8 byte order mark is dropped. The outputs are
+written all or none. Then, in order: empty instructions or responses, exact
 duplicates (same instruction, input and output), normalised duplicates (the same after lowercasing,
 collapsing whitespace and stripping punctuation at the ends) and records whose instruction (with its
 input) is not shorter than ``max_instruction_tokens`` (the seed paper's rule: "instructions shorter than
@@ -33,12 +36,12 @@ import random
 import re
 import string
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bakeoff.artifacts import SPLITS, write_split, write_stats
+from bakeoff.artifacts import SPLITS, split_path, write_prepared
 from bakeoff.errors import DataError, StorageError
 from bakeoff.spec import DataSource, DataSpec
 from bakeoff.storage import download_s3_prefix, parse_hf_uri
@@ -80,43 +83,130 @@ def _fail_or_collect(message: str, malformed: list[str] | None, exc: Exception |
     malformed.append(message)
 
 
+def _decode(raw: bytes) -> str:
+    """UTF-8 text; bytes that are not UTF-8 become lone surrogates (``surrogateescape``), so the row is still
+    read and the field that holds them is named by ``_check_text``."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "surrogateescape")
+
+
+# a lone UTF-16 surrogate: a byte that was not UTF-8 (U+DC80..U+DCFF, from _decode) or a broken \ud83d escape
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(label: str, where: str, value: str) -> str:
+    """``value`` if it is valid Unicode text; a DataError naming the row, the field and the bad byte otherwise."""
+    bad = _SURROGATE.search(value)
+    if bad is None:
+        return value
+    code = ord(bad.group())
+    if 0xDC80 <= code <= 0xDCFF:
+        raise DataError(f"{label}: {where} is not valid UTF-8 (byte {code - 0xDC00:#04x} at character "
+                        f"{bad.start() + 1}); save the file as UTF-8")
+    raise DataError(f"{label}: {where} holds half of a UTF-16 surrogate pair (\\u{code:04x} at character "
+                    f"{bad.start() + 1}), which is not text")
+
+
+def _loads(text: str) -> Any:
+    """``json.loads`` with nesting too deep for the parser reported as a JSON error (not a RecursionError)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text, 0) from None
+
+
 def _iter_jsonl(path: Path, label: str, malformed: list[str] | None = None) -> Iterator[tuple[int, Any]]:
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            line = _decode(raw)
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte order mark
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                record = _loads(line)
             except json.JSONDecodeError as exc:
                 _fail_or_collect(f"{label}:{lineno}: not valid JSON ({exc.msg} at column {exc.colno})", malformed, exc)
                 continue
             yield lineno, record
 
 
+def _iter_json(path: Path, label: str, malformed: list[str] | None = None) -> Iterator[tuple[int, Any]]:
+    """A ``.json`` file: an array of objects (read whole), else JSON Lines; a file that is one JSON object
+    spread over several lines is refused with what it holds (its records are often under one key)."""
+    with path.open("rb") as fh:
+        head = _decode(fh.read(4096)).removeprefix("\ufeff").lstrip()
+    if head.startswith("{"):
+        _refuse_json_object(path, label)
+    if not head.startswith("["):
+        yield from _iter_jsonl(path, label, malformed)
+        return
+    try:
+        records = _loads(_decode(path.read_bytes()).removeprefix("\ufeff"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{label}: not a valid JSON array ({exc.msg} at line {exc.lineno})") from exc
+    if not isinstance(records, list):  # "[1] [2]" and the like fail above; this is defensive
+        raise DataError(f"{label}: expected a JSON array of objects, got {type(records).__name__}")
+    yield from enumerate(records, start=1)
+
+
+def _refuse_json_object(path: Path, label: str) -> None:
+    """A DataError when ``path`` is one JSON object rather than records: spread over several lines, or holding
+    a list of objects (its records, most likely). A one-line object without one is one JSON Lines record."""
+    text = _decode(path.read_bytes()).removeprefix("\ufeff").strip()
+    try:
+        doc = _loads(text)
+    except json.JSONDecodeError:
+        return  # several objects (JSON Lines) or broken: the JSON Lines reader reads or names the line
+    if not isinstance(doc, dict):
+        return
+    lists = [k for k, v in doc.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    if not lists and "\n" not in text:
+        return
+    hint = f"; its records seem to be under {', '.join(map(repr, lists))}" if lists else ""
+    raise DataError(f"{label}: holds one JSON object (keys: {', '.join(map(str, doc)) or 'none'}), not records: a "
+                    f".json file is an array of objects ([{{...}}, {{...}}]) or one object per line{hint}")
+
+
+def _iter_csv(path: Path, label: str, malformed: list[str] | None = None) -> Iterator[tuple[int, Any]]:
+    """CSV rows after the header row, numbered from 1; a byte order mark before the header is dropped."""
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+        reader = csv.DictReader(fh)
+        row = 0
+        while True:
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # a NUL byte, a field past csv's size limit
+                row += 1
+                _fail_or_collect(f"{label}:{row}: not valid CSV ({exc})", malformed, exc)
+                continue
+            row += 1
+            if None in record:  # DictReader files the values past the header under None
+                _fail_or_collect(f"{label}:{row}: {len(reader.fieldnames) + len(record[None])} fields, but the "
+                                 f"header has {len(reader.fieldnames)} columns (a value with a comma that is not "
+                                 "quoted?)", malformed)
+                continue
+            yield row, record
+
+
 def _iter_file(path: Path, label: str, malformed: list[str] | None = None) -> Iterator[tuple[int, Any]]:
     """(row, record) pairs of one file by suffix, streamed; rows are 1-based lines (JSONL) or record numbers.
 
     A ``.json`` file is a JSON array of objects (read whole); one that does not start with ``[`` is read
-    as JSONL. CSV rows are numbered from 1 after the header; every CSV value is a string. Parquet is read
-    in record batches.
+    as JSONL, unless it is one object (``_refuse_json_object``). CSV rows are numbered from 1 after the
+    header; every CSV value is a string. Parquet is read in record batches.
     """
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
         yield from _iter_jsonl(path, label, malformed)
     elif suffix == ".json":
-        with path.open(encoding="utf-8") as fh:
-            head = fh.read(4096).lstrip()
-        if not head.startswith("["):
-            yield from _iter_jsonl(path, label, malformed)
-            return
-        try:
-            records = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{label}: not a valid JSON array ({exc.msg} at line {exc.lineno})") from exc
-        yield from enumerate(records, start=1)
+        yield from _iter_json(path, label, malformed)
     elif suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as fh:
-            yield from enumerate(csv.DictReader(fh), start=1)
+        yield from _iter_csv(path, label, malformed)
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -133,11 +223,29 @@ def _iter_file(path: Path, label: str, malformed: list[str] | None = None) -> It
         raise DataError(f"{label}: unsupported file type {suffix or '(none)'}; files read: {', '.join(SUFFIXES)}")
 
 
-def iter_source(source: DataSource, malformed: list[str] | None = None) -> Iterator[tuple[str, Any]]:
-    """Rows of one source as (``file:row`` label, record), streamed: a local file, every data file under
-    ``s3://``, or ``hf://``.
+def _iter_files(paths: Iterable[Path], labels: Callable[[Path], str], uri: str,
+                malformed: list[str] | None) -> Iterator[tuple[str, Any]]:
+    """The rows of every data file in ``paths`` (a folder's or an s3:// prefix's), labelled by ``labels``."""
+    found = False
+    for path in paths:
+        label = labels(path)
+        for n, record in _iter_file(path, label, malformed):
+            found = True
+            yield f"{label}:{n}", record
+    if not found:
+        raise DataError(f"data source {uri}: no {', '.join(SUFFIXES)} files with rows found")
 
-    With a ``malformed`` list, unparseable JSONL lines are appended to it as messages instead of raising.
+
+def _data_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def iter_source(source: DataSource, malformed: list[str] | None = None) -> Iterator[tuple[str, Any]]:
+    """Rows of one source as (``file:row`` label, record), streamed: a local file, every data file under a
+    local folder or ``s3://`` prefix (hidden ones aside), or ``hf://``.
+
+    With a ``malformed`` list, rows that cannot be parsed are appended to it as messages instead of raising.
     """
     uri = source.uri
     if uri.startswith("hf://"):
@@ -149,23 +257,22 @@ def iter_source(source: DataSource, malformed: list[str] | None = None) -> Itera
                 download_s3_prefix(uri, tmp)
             except StorageError as exc:
                 raise DataError(f"data source {uri}: {exc}") from exc
-            found = False
-            for path in sorted(p for p in Path(tmp).rglob("*") if p.suffix.lower() in SUFFIXES and p.is_file()):
-                rel = path.relative_to(tmp).as_posix()
-                label = f"{uri.rstrip('/')}/{rel}"
-                for n, record in _iter_file(path, label, malformed):
-                    found = True
-                    yield f"{label}:{n}", record
-            if not found:
-                raise DataError(f"data source {uri}: no {', '.join(SUFFIXES)} objects with rows found")
+            yield from _iter_files(_data_files(Path(tmp)),
+                                   lambda p: f"{uri.rstrip('/')}/{p.relative_to(tmp).as_posix()}", uri, malformed)
         return
     path = Path(uri)
-    if not path.is_file():
-        raise DataError(f"data source {uri}: file not found")
-    if path.suffix.lower() not in SUFFIXES:
-        raise DataError(f"data source {uri}: unsupported file type; files read: {', '.join(SUFFIXES)}")
-    for n, record in _iter_file(path, uri, malformed):
-        yield f"{uri}:{n}", record
+    try:
+        if path.is_dir():
+            yield from _iter_files(_data_files(path), str, uri, malformed)
+            return
+        if not path.is_file():
+            raise DataError(f"data source {uri}: file not found")
+        if path.suffix.lower() not in SUFFIXES:
+            raise DataError(f"data source {uri}: unsupported file type; files read: {', '.join(SUFFIXES)}")
+        for n, record in _iter_file(path, uri, malformed):
+            yield f"{uri}:{n}", record
+    except OSError as exc:  # unreadable (permissions, a broken mount)
+        raise DataError(f"data source {exc.filename or uri}: cannot be read ({exc.strerror or exc})") from exc
 
 
 def read_source(source: DataSource, malformed: list[str] | None = None) -> list[tuple[str, Any]]:
@@ -205,7 +312,7 @@ def _field(label: str, record: dict, name: str, fields: dict[str, str], required
         return ""
     if not isinstance(value, str):
         raise DataError(f"{label}: {where} must be a string, got {type(value).__name__}")
-    return value
+    return _check_text(label, where, value)
 
 
 def _chat(label: str, record: dict, column: str) -> tuple[str, str, str]:
@@ -226,6 +333,7 @@ def _chat(label: str, record: dict, column: str) -> tuple[str, str, str]:
     for i, m in enumerate(messages):
         if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
             raise DataError(f"{label}: field '{column}'[{i}] must be an object with string 'role' and 'content'")
+        _check_text(label, f"field '{column}'[{i}].content", m["content"])
     last = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "assistant"), None)
     if last is None:
         raise DataError(f"{label}: field '{column}' has no assistant message")
@@ -265,6 +373,45 @@ def extract_record(label: str, record: Any, fmt: str = "alpaca", fields: dict[st
     if fmt == "chat":
         return _chat(label, record, fields.get("messages", "messages"))
     raise DataError(f"{label}: unknown record format {fmt!r}")
+
+
+def _json_value(value: Any) -> bool:
+    """Whether JSON holds ``value`` as it is: text (valid Unicode), a finite number, a boolean, null, or lists
+    and string-keyed mappings of them."""
+    if value is None or isinstance(value, (bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is None
+    if isinstance(value, (list, tuple)):
+        return all(_json_value(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_value(v) for k, v in value.items())
+    return False
+
+
+def kept_columns(label: str, record: dict, keep: Sequence[str]) -> dict[str, Any]:
+    """The ``keep`` columns of a record (those it has), for its example's meta; a DataError names the row and
+    column of a value JSON cannot hold (bytes, a date, NaN, text that is not UTF-8)."""
+    meta = {}
+    for column in keep:
+        if column not in record:
+            continue
+        value = record[column]
+        if not _json_value(value):
+            if isinstance(value, str):
+                _check_text(label, f"field '{column}' (in keep)", value)
+            raise DataError(f"{label}: field '{column}' (in keep) is {type(value).__name__} {_short(value)}, which a "
+                            "JSON example cannot hold; keep only text, number, boolean or null columns (convert "
+                            "it to text in the file, e.g. a date as 2024-01-31)")
+        meta[column] = value
+    return meta
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_alpaca(label: str, record: Any) -> tuple[str, str, str]:
@@ -343,6 +490,9 @@ def _read_examples(data: DataSpec, template, dropped: dict[str, int]) -> tuple[d
             count += 1
             try:
                 instruction, input_text, output = extract_record(label, record, source.format, source.fields)
+                meta = kept_columns(label, record, source.keep)
+                task = record.get("task")
+                task = _check_text(label, "field 'task'", task) if isinstance(task, str) else None
                 if source.unwrap == "alpaca":
                     instruction, input_text, unwrapped = unwrap_alpaca(instruction, input_text)
                     dropped["unwrapped"] = dropped.get("unwrapped", 0) + unwrapped
@@ -367,9 +517,9 @@ def _read_examples(data: DataSpec, template, dropped: dict[str, int]) -> tuple[d
                 "input": input_text,
                 "reference": output.strip(),
                 "source": label,
-                **({"task": record["task"]} if isinstance(record.get("task"), str) else {}),
+                **({"task": task} if task is not None else {}),
                 **({"messages": template.messages(instruction, input_text)} if template.chat else {}),
-                **({"meta": {k: record[k] for k in source.keep if k in record}} if source.keep else {}),
+                **({"meta": meta} if source.keep else {}),
             })
         for message in malformed or []:
             log.warning("skipped malformed row %s", message)
@@ -409,7 +559,8 @@ def prepare_data(data: DataSpec, seed: int, out_dir: str | Path, *, tokenizers: 
     ``data.max_instruction_tokens``; the first one measures ``token_lengths``. Without any, words are counted.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise StorageError(f"{out}: exists and is not a folder; the prepare stage writes its splits into a folder")
     template = get_template(data.template)
     dropped = {"empty_instruction": 0, "empty_response": 0}
     rows_read, examples = _read_examples(data, template, dropped)
@@ -435,6 +586,8 @@ def prepare_data(data: DataSpec, seed: int, out_dir: str | Path, *, tokenizers: 
             f"{' = ' + '/'.join(str(v) for v in sizes.values()) if sp.is_fraction else ''}) "
             f"but only {len(examples)} usable rows were read"
             + (" (a fraction gives an empty split)" if min(sizes.values()) < 1 else "")
+            + (f"; {dropped['malformed']} malformed rows were skipped (on_error: skip; each is logged above)"
+               if dropped.get("malformed") else "")
         )
     random.Random(seed).shuffle(examples)
     parts, start = {}, 0
@@ -466,13 +619,13 @@ def prepare_data(data: DataSpec, seed: int, out_dir: str | Path, *, tokenizers: 
                "response": percentiles([count(ex["reference"]) for ex in part])}
         for name, part in parts.items()
     }
-    files = {}
-    for name in SPLITS:
-        files[name] = write_split(out, name, parts[name]).name
     rows = {name: len(part) for name, part in parts.items()}
+    files = {name: split_path(out, name).name for name in SPLITS}
     result = PrepareResult(str(out), rows_read, dropped, rows, unused=len(spare), files=files, leakage=leakage,
                            token_count=token_count, token_lengths=token_lengths, unwrapped=unwrapped)
-    write_stats(out, {k: v for k, v in result.to_dict().items() if k != "out_dir"})  # the same bytes anywhere
+    out.mkdir(parents=True, exist_ok=True)
+    # all or none; stats.json has the same bytes anywhere (no out_dir in it)
+    write_prepared(out, parts, {k: v for k, v in result.to_dict().items() if k != "out_dir"})
     log.info("prepared %s (dropped %s)", rows, dropped)
     return result
 

@@ -205,7 +205,8 @@ def _training(results: dict, arms: list[str]) -> list[dict[str, str]]:
             "best": "n/a" if t.get("best_step") is None else
             f"{_fmt(t.get('best_validation_loss'), '.4f')} at step {t['best_step']}",
             "memory": _fmt(t.get("peak_memory_gb"), ".2f"),
-            "resumed": "no" if t.get("resumed_from_step") is None else f"from step {t['resumed_from_step']}",
+            "resumed": _resumed(t),
+            **_planned(((results.get("planned") or {}).get(arm)) or {}),
             **_costs((results.get("costs") or {}).get(arm) or {}),
         })
     return out
@@ -219,11 +220,38 @@ TRAINING_FIELDS = [
     ("tokens", "Train tokens"),
     ("tps", "Tokens/s"), ("gpu_hours", "GPU hours"), ("cost", "Cost (USD)"), ("params", "Trainable / total params"),
     ("train_loss", "Final train loss"), ("val_loss", "Final validation loss"),
-    ("best", "Kept: lowest validation loss"), ("memory", "Peak memory (GB)"), ("resumed", "Resumed"),
+    ("best", "Kept: lowest validation loss"), ("memory", "Peak memory (GB)"),
+    ("planned_memory", "Planned peak memory (GB; measured / planned)"),
+    ("planned_time", "Planned training time (measured / planned)"),
+    ("planned_cost", "Planned cost (measured / planned)"),
+    ("resumed", "Resumed"),
     ("judge_cost", "Judge cost (USD)"), ("ragas_cost", "RAGAS cost (USD)"), ("total_cost", "Total cost (USD)"),
     ("judge_gain", "Judge score gained"),
     ("per_point", "Cost per judge point gained (USD)"),
 ]
+
+
+def _planned(p: dict) -> dict[str, str]:
+    """The capacity plan beside the measurement: planned value (measured / planned), or why there is none."""
+    ratio = p.get("ratio") or {}
+
+    def cell(key: str, text: str | None) -> str:
+        if text is None:
+            return "n/a" + (f" ({p['reason']})" if p.get("reason") and key == "seconds" else "")
+        return text + (f" ({ratio[key]:.2f}x)" if ratio.get(key) is not None else "")
+
+    return {"planned_memory": cell("memory_gb", None if p.get("memory_gb") is None else f"{p['memory_gb']:.2f}"),
+            "planned_time": cell("seconds", None if p.get("seconds") is None else _duration(p["seconds"])),
+            "planned_cost": cell("cost_usd", None if p.get("cost_usd") is None else _usd(p["cost_usd"]))}
+
+
+def _resumed(t: dict) -> str:
+    """Whether the training resumed from a checkpoint, or why it started fresh beside an earlier one (another
+    fingerprint: what changed)."""
+    if t.get("resumed_from_step") is not None:
+        return f"from step {t['resumed_from_step']}"
+    status = t.get("resume_status") or ""
+    return f"no ({status.removeprefix('fresh: ')})" if status.startswith("fresh: ") else "no"
 
 
 def _rows(rows: dict) -> str:

@@ -10,6 +10,7 @@ from typing import Any
 
 from bakeoff import __version__
 from bakeoff.artifacts import read_evaluation, read_stats, read_training
+from bakeoff.capacity.plan import predicted_beside_measured
 from bakeoff.spec import ExperimentSpec, metric_names
 from bakeoff.stats import paired_difference
 
@@ -67,6 +68,7 @@ def build_results(
         "metric_definitions": {k: v for summary, _ in evaluations for k, v in summary.get("definitions", {}).items()},
         "rows": rows,
         "training": {a.name: training[a.name] for a in spec.arms},
+        "planned": {a.name: predicted_beside_measured(spec, data_stats, training[a.name]) for a in spec.arms},
         "comparisons": comparisons,
         "leads": arm_leads(rows, samples, metric_names(spec.evaluation), spec.seed),
         "costs": arm_costs(spec, training, health, rows),

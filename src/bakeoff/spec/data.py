@@ -14,8 +14,9 @@ from bakeoff.templates import PLACEHOLDERS, TemplateError, user_template
 class DataSource(Strict):
     """One input: a local file or a URI, in a known record format, with optional column names.
 
-    Local files and ``s3://`` objects are read by suffix: ``.jsonl`` (one object per line), ``.json``
-    (an array of objects), ``.csv`` (a header row) and ``.parquet``; ``hf://`` goes through ``datasets``.
+    Local files (every one under a local folder) and ``s3://`` objects are read by suffix: ``.jsonl`` (one
+    object per line), ``.json`` (an array of objects), ``.csv`` (a header row) and ``.parquet``, as UTF-8;
+    ``hf://`` goes through ``datasets``.
     ``fields`` maps the format's canonical names (``FORMAT_FIELDS``) to the file's column names, e.g.
     ``{format: prompt-response, fields: {prompt: question, response: answer}}``.
     """

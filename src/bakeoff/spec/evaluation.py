@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from bakeoff.spec.base import SecretRef, Strict
+from bakeoff.spec.base import MAX_BATCH_SIZE, SecretRef, Strict
 from bakeoff.spec.endpoint import Endpoint, ModelEndpoint
 
 VARIANTS = ("fine-tuned", "base-zero-shot", "base-few-shot")
@@ -35,7 +35,8 @@ class GenerationSpec(Strict):
     """Decoding settings, the same for every arm and variant, and the backend that generates."""
 
     max_new_tokens: int = Field(default=256, gt=0, description="the longest answer, in tokens (greedy decoding)")
-    batch_size: int = Field(default=16, gt=0, description="prompts per batch (transformers backend)")
+    batch_size: int = Field(default=16, gt=0, le=MAX_BATCH_SIZE, description="prompts per batch (transformers "
+                            "backend)")
     few_shot_k: int = Field(default=3, ge=1, description="train examples before each question (base-few-shot)")
     backend: Literal["auto", "transformers", "vllm", "openai"] = Field(
         default="auto", description="auto: vLLM when CUDA and vllm are present, else transformers; openai: "

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from bakeoff.errors import SpecError
-from bakeoff.spec.base import SecretRef, Strict, positive_or_auto, slug
+from bakeoff.spec.base import MAX_BATCH_SIZE, MAX_SEED, SecretRef, Strict, positive_or_auto, slug
 from bakeoff.spec.cluster import CostSpec, ResourcesSpec, SecretsSpec
 from bakeoff.spec.data import DataSpec
 from bakeoff.spec.endpoint import Endpoint
@@ -51,10 +51,15 @@ class HostedFineTune(Endpoint):
     concurrency: int = Field(default=8, gt=0, description="chat completion requests at a time when generating")
     timeout_s: float = Field(default=120, gt=0, description="per API request, in seconds")
 
-    @field_validator("epochs", "batch_size", mode="wrap")
+    @field_validator("epochs", mode="wrap")
     @classmethod
     def _int_or_auto(cls, v: Any, handler: Any) -> int | str:
         return positive_or_auto(v, integer=True)  # the handler's union errors would name its branches
+
+    @field_validator("batch_size", mode="wrap")
+    @classmethod
+    def _batch_or_auto(cls, v: Any, handler: Any) -> int | str:
+        return positive_or_auto(v, integer=True, maximum=MAX_BATCH_SIZE)
 
     @field_validator("learning_rate_multiplier", mode="wrap")
     @classmethod
@@ -126,7 +131,8 @@ class ExperimentSpec(Strict):
 
     name: str = Field(description="the experiment's name: runs/<name>, the KFP pipeline bakeoff-<name>")
     description: str = Field(default="", description="one line for the report and the KFP pipeline")
-    seed: int = Field(default=42, description="the split, the few-shot examples, training and the bootstrap")
+    seed: int = Field(default=42, ge=0, le=MAX_SEED, description="the split, the few-shot examples, training and "
+                      f"the bootstrap (0 to {MAX_SEED}: numpy's seeds are 32-bit)")
     data: DataSpec = Field(description="the instruction data and its split")
     training: TrainingSpec = Field(default=TrainingSpec(), description="hyperparameters shared by every arm")
     peft: PeftSpec = Field(default=PeftSpec(), description="how weights train, shared by every arm")
@@ -160,12 +166,23 @@ class ExperimentSpec(Strict):
             errors += self._peft_errors(i, arm)
         if len(set(self.variants)) != len(self.variants):
             errors.append("variants: must be unique")
+        errors += self._batch_errors()
         errors += self._endpoint_api_errors()
         if not errors:
             errors += self._secret_conflicts()
         if errors:
             raise SpecError(errors)
         return self
+
+    def _batch_errors(self) -> list[str]:
+        """A training batch larger than the whole train split (given as a count) can never be filled: each step
+        would hold every train row, fewer than asked for, so the number is a typo. A fraction's row count is
+        known only after prepare; MAX_BATCH_SIZE bounds the batch there."""
+        split, batch = self.data.split, self.training.batch_size
+        if split.is_fraction or batch <= split.train or all(arm.is_hosted for arm in self.arms):
+            return []
+        return [f"training.batch_size: {batch} rows per step is more than the whole train split "
+                f"(data.split.train: {split.train} rows); use at most {split.train}"]
 
     def _endpoint_api_errors(self) -> list[str]:
         """A generation endpoint's API must match the template: chat messages go with the chat template (the

@@ -65,23 +65,41 @@ def load_spec(path: str | Path) -> ExperimentSpec:
         var = str(path)[4:]
         if var not in os.environ:
             raise SpecError(f"cannot read spec: environment variable {var} is not set", str(path))
-        try:
-            data = yaml.safe_load(os.environ[var])
-        except yaml.YAMLError as exc:
-            raise SpecError(f"(root): not valid YAML: {exc}", str(path)) from exc
-        return parse_spec(data, str(path))
+        return parse_spec(_parse_yaml(os.environ[var], str(path)), str(path))
     path = Path(path)
+    if path.is_dir():
+        raise SpecError("cannot read spec: a folder, not a spec file (experiments/NAME.yaml)", str(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
-        raise SpecError(f"cannot read spec: {exc}", str(path)) from exc
+        raise SpecError(f"cannot read spec: {exc.strerror or exc}", str(path)) from exc
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"(root): not valid YAML: {exc}", str(path)) from exc
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise SpecError(f"(root): not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}, column {column}); "
+                        "save the spec as UTF-8", str(path)) from None
+    data = _parse_yaml(text, str(path))
     if isinstance(data, dict):
         data = _resolve_relative_sources(data, path.parent)
     return parse_spec(data, str(path))
+
+
+def _parse_yaml(text: str, source: str) -> Any:
+    """The YAML (or JSON) document in ``text``; a SpecError with one line that says where it is broken."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        what = " ".join(str(exc.problem or exc.context or "").split())
+        raise SpecError(f"(root): not valid YAML: {what}{where}", source) from exc
+    except yaml.YAMLError as exc:
+        raise SpecError(f"(root): not valid YAML: {' '.join(str(exc).split())}", source) from exc
+    except RecursionError:
+        raise SpecError("(root): nested too deeply to read (a spec is a few levels of mappings and lists)",
+                        source) from None
 
 
 def _resolve_relative_sources(data: dict, base: Path) -> dict:
@@ -106,7 +124,11 @@ def _resolve_relative_sources(data: dict, base: Path) -> dict:
 
 def spec_from_json(text: str) -> ExperimentSpec:
     """The inverse of ``ExperimentSpec.to_json`` (what components receive)."""
-    return parse_spec(json.loads(text), "spec_json")
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise SpecError(f"(root): not valid spec JSON ({exc})", "spec_json") from None
+    return parse_spec(data, "spec_json")
 
 
 __all__ = ["format_validation_errors", "load_spec", "parse_spec", "spec_from_json"]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 from pydantic.fields import FieldInfo
 
-from bakeoff.spec.base import Strict
+from bakeoff.spec.base import MAX_BATCH_SIZE, Strict
 
 # IA3's learning rate when the arm sets none: the IA3 paper's (Liu et al. 2022, "Few-Shot
 # Parameter-Efficient Fine-Tuning is Better and Cheaper than In-Context Learning"), about a hundred times
@@ -23,7 +23,8 @@ class TrainingSpec(Strict):
 
     epochs: float = Field(default=2, gt=0, description="passes over the train split")
     max_steps: int | None = Field(default=None, gt=0, description="optimizer steps; overrides epochs when set")
-    batch_size: int = Field(default=4, gt=0, description="rows per device per step")
+    batch_size: int = Field(default=4, gt=0, le=MAX_BATCH_SIZE, description="rows per device per step (at most "
+                            "the train split's rows when it is a count)")
     gradient_accumulation_steps: int = Field(default=1, gt=0, description="steps accumulated before each update "
                                              "(effective batch = batch_size x this x devices)")
     learning_rate: float = Field(default=2.5e-5, gt=0, description="peak learning rate (AdamW) of lora, qlora and "
@@ -101,7 +102,7 @@ class PeftSpec(Strict):
 # The same keys and constraints as PeftSpec, all optional: what an arm may override.
 PeftOverride = create_model(
     "PeftOverride",
-    __config__=ConfigDict(extra="forbid", frozen=True),
+    __base__=Strict,
     __doc__="Keys of the shared peft section an arm sets for itself; the rest come from peft.",
     **{
         n: (f.annotation | None, FieldInfo.merge_field_infos(f, default=None))

@@ -2,8 +2,9 @@
 SFTTrainer, on CPU or GPU, in three steps as the best training recipes have them:
 
 - ``setup``: the splits, the tokenizer, the model (4-bit for QLoRA), the method's peft config, the
-  checkpoint store (and the checkpoint to resume from) and the trainer;
-- ``train``: the training loop, with a checkpoint saved and ``Preempted`` raised on SIGTERM;
+  training's fingerprint, the checkpoint store (and the checkpoint of the same fingerprint to resume
+  from) and the trainer;
+- ``train``: the training loop, with a checkpoint saved and ``Preempted`` raised on SIGTERM or SIGINT;
 - ``record``: what the run did and cost (``bakeoff.artifacts.TrainResult``) and, on rank 0, the
   outputs in the model layout of ``bakeoff.artifacts`` (``adapter/`` or ``model/``, ``training.json``,
   ``loss_history.json``, a model card and the resolved settings).
@@ -13,9 +14,11 @@ Several processes (torchrun, through ``bakeoff.train.worker``) each run the thre
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import threading
@@ -35,7 +38,7 @@ from bakeoff.models.loading import (
     torch_dtype,
 )
 from bakeoff.spec import ArmSpec, CostSpec, PeftSpec, TrainingSpec
-from bakeoff.train.checkpoints import CheckpointStore
+from bakeoff.train.checkpoints import CheckpointStore, complete_local
 from bakeoff.train.flops import count_parameters
 from bakeoff.train.methods import check_method, peft_config
 from bakeoff.train.tokens import check_one_bos, sft_row, training_view
@@ -69,11 +72,11 @@ def _progress_callback():
     return Progress()
 
 
-def _checkpoint_callback(store: CheckpointStore, stop: dict[str, bool], accounting):
+def _checkpoint_callback(store: CheckpointStore, stop: dict[str, Any], accounting):
     from transformers import TrainerCallback
 
     class Checkpoints(TrainerCallback):
-        """Mark each saved checkpoint complete (and mirror it); on SIGTERM save once more and stop."""
+        """Mark each saved checkpoint complete (and mirror it); on SIGTERM or SIGINT save once more and stop."""
 
         def on_save(self, args, state, control, **kwargs):
             import torch.distributed as dist
@@ -155,9 +158,11 @@ class Run:
     local_ckpt: Path
     checkpoint_uri: str | None
     resume: Path | None
-    stop: dict[str, bool]
+    stop: dict[str, Any]
     accounting: Accounting
     rows: dict[str, int]
+    resume_status: str = "fresh"  # "resumed from step N", "fresh", or "fresh: <why not the earlier checkpoint>"
+    fingerprint_changed: list[str] | None = None  # what differs from the earlier checkpoint's fingerprint
 
 
 def finetune(
@@ -172,8 +177,9 @@ def finetune(
 ) -> TrainResult:
     """Fine-tune ``arm.model`` on ``data_dir``'s train split, evaluating on its validation split.
 
-    Checkpoints go to ``checkpoint_uri`` (a path or ``s3://``; default a folder inside ``out_dir``) and a
-    rerun resumes from the newest complete one. On SIGTERM a checkpoint is saved and ``Preempted`` raised.
+    Checkpoints go to ``checkpoint_uri`` (a path or ``s3://``; default a folder inside ``out_dir``), under
+    the training's fingerprint, and a rerun of the same training resumes from the newest complete one. On
+    SIGTERM or SIGINT a checkpoint is saved and ``Preempted`` raised.
     """
     run = setup(arm, training, peft, data_dir, out_dir, seed, checkpoint_uri)
     seconds = train(run)
@@ -181,13 +187,63 @@ def finetune(
 
 
 def _datasets(data_dir: str | Path):
-    """The train and validation splits as prompt/completion datasets (completion-only loss), and the
-    prepared train rows."""
+    """The train and validation splits as prompt/completion datasets (completion-only loss), the prepared
+    train rows, and the hash of both splits' content (for the fingerprint)."""
     from datasets import Dataset
 
     rows = {name: read_split(data_dir, name) for name in ("train", "validation")}
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return (*(Dataset.from_list([sft_row(r) for r in rows[name]]) for name in ("train", "validation")),
-            rows["train"])
+            rows["train"], digest)
+
+
+# Training settings that change where and how often checkpoints and log lines are written, not the training.
+_NOT_IN_FINGERPRINT = frozenset({"checkpoint_uri", "checkpoint_steps", "logging_steps", "save_merged"})
+
+
+def fingerprint_parts(arm: ArmSpec, training: TrainingSpec, peft: PeftSpec, seed: int, data_digest: str,
+                      precision: str, grad_ckpt: bool, model=None) -> dict[str, Any]:
+    """What determines a training, part by part: the model (and the Hub commit or tiny build it loaded), the
+    training and PEFT settings as resolved, the splits' content, the seed, the number of processes and the
+    versions of the libraries that change the numerics. A checkpoint is resumed only by an equal one."""
+    import peft as peft_lib
+    import torch
+    import transformers
+    import trl
+
+    if arm.model.startswith("tiny://"):
+        from bakeoff.models.tiny import BUILD_VERSION
+
+        revision = f"tiny-build-{BUILD_VERSION}"
+    else:
+        revision = getattr(getattr(model, "config", None), "_commit_hash", None)
+    parts: dict[str, Any] = {"model": arm.model, "model_revision": revision, "trust_remote_code": arm.trust_remote_code}
+    parts.update({k: v for k, v in training.model_dump(mode="json").items() if k not in _NOT_IN_FINGERPRINT})
+    parts.update({"precision": precision, "gradient_checkpointing": grad_ckpt})  # resolved, not "auto"
+    parts.update({f"peft.{k}": v for k, v in peft.model_dump(mode="json").items()})
+    parts.update({"data": data_digest, "seed": seed, "world_size": int(os.environ.get("WORLD_SIZE", "1"))})
+    parts.update({f"version.{lib.__name__}": lib.__version__ for lib in (torch, transformers, peft_lib, trl)})
+    return parts
+
+
+def _checkpoints(arm: ArmSpec, out: Path, checkpoint_uri: str | None, parts: dict[str, Any]):
+    """The arm's checkpoint store for this fingerprint, the checkpoint to resume from (or None), and what
+    to report: "resumed from step N", or why the training starts fresh (with what changed)."""
+    root = Path(checkpoint_uri) if checkpoint_uri and "://" not in checkpoint_uri else out / "checkpoints"
+    store = CheckpointStore(root, checkpoint_uri, parts)
+    discarded = store.discard_incomplete()
+    if discarded:
+        log.warning("discarded incomplete checkpoints %s (cut short before they were marked complete)", discarded)
+    resume = store.latest()
+    if resume is not None:
+        return store, resume, f"resumed from step {_step_of(resume)}", None
+    earlier = store.earlier()
+    if earlier is None:
+        return store, None, "fresh", None
+    status = f"fresh: {earlier.reason(parts)}"
+    log.warning("arm %s: training from the start, not from the %s; that one is kept, this training's "
+                "checkpoints go to %s", arm.name, earlier.reason(parts), store.uri or store.local_dir)
+    return store, None, status, earlier.changed(parts) if earlier.parts is not None else None
 
 
 def rank_device(device: str) -> str:
@@ -285,7 +341,7 @@ def setup(arm: ArmSpec, training: TrainingSpec, peft: PeftSpec, data_dir: str | 
     check_method(peft, device)
     precision = resolve_precision(training.precision, device)
     dtype = torch_dtype(precision)
-    train_ds, val_ds, train_rows = _datasets(data_dir)
+    train_ds, val_ds, train_rows, data_digest = _datasets(data_dir)
     tokenizer = load_tokenizer(arm.model, trust_remote_code=arm.trust_remote_code)
     if train_rows:  # one BOS, added one way: refuse a template that writes the tokenizer's own again
         check_one_bos(tokenizer, training_view(tokenizer, train_rows[0], None)["input_ids"], f"arm {arm.name}")
@@ -293,13 +349,10 @@ def setup(arm: ArmSpec, training: TrainingSpec, peft: PeftSpec, data_dir: str | 
     model, method_config = _load_model(arm, peft, device, precision, dtype, grad_ckpt,
                                        fsdp=bool(_fsdp_args(training, grad_ckpt)))
 
-    local_ckpt = Path(checkpoint_uri) if checkpoint_uri and "://" not in checkpoint_uri else out / "checkpoints"
-    store = CheckpointStore(local_ckpt, checkpoint_uri)
-    discarded = store.discard_incomplete()
-    if discarded:
-        log.warning("discarded incomplete checkpoints %s (cut short before they were marked complete)", discarded)
-    stop = {"requested": False}
-    resume = store.latest()
+    parts = fingerprint_parts(arm, training, peft, seed, data_digest, precision, grad_ckpt, model)
+    store, resume, resume_status, changed = _checkpoints(arm, out, checkpoint_uri, parts)
+    local_ckpt = store.local_dir
+    stop = {"requested": False, "signal": None}
     accounting = Accounting(prior=read_accounting(resume))
     callbacks = [_progress_callback(), _checkpoint_callback(store, stop, accounting)]
     if training.early_stopping_patience:
@@ -313,23 +366,36 @@ def setup(arm: ArmSpec, training: TrainingSpec, peft: PeftSpec, data_dir: str | 
                grad_ckpt=grad_ckpt, quantized=peft.method == "qlora", method_config=method_config,
                tokenizer=tokenizer, trainer=trainer, store=store, local_ckpt=local_ckpt,
                checkpoint_uri=checkpoint_uri, resume=resume, stop=stop, accounting=accounting,
-               rows=row_counts(train_rows, trainer.train_dataset, training))
+               rows=row_counts(train_rows, trainer.train_dataset, training), resume_status=resume_status,
+               fingerprint_changed=changed)
+
+
+def _on_stop_signal(run: Run):
+    """The SIGTERM and SIGINT handler while training: ask for a checkpoint at the end of this step and a stop.
+    A second SIGINT (Ctrl-C again) interrupts at once; a second SIGTERM changes nothing."""
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if run.stop["requested"]:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        log.warning("%s: saving a checkpoint at the end of this step, then stopping", name)
+        run.stop.update(requested=True, signal=name)
+
+    return handler
 
 
 def train(run: Run) -> float:
-    """Train (resuming from ``run.resume``); the seconds it took. On SIGTERM: save a checkpoint and raise
-    ``Preempted``; out of memory: a TrainingError saying what to lower."""
+    """Train (resuming from ``run.resume``); the seconds it took. On SIGTERM or SIGINT: save a checkpoint and
+    raise ``Preempted``; out of memory: a TrainingError saying what to lower."""
     import torch
 
     if run.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-
-    def on_sigterm(signum, frame):
-        log.warning("SIGTERM: saving a checkpoint at the end of this step, then stopping")
-        run.stop["requested"] = True
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm) if threading.current_thread() is threading.main_thread() \
-        else None
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {sig: signal.signal(sig, _on_stop_signal(run)) for sig in (signal.SIGTERM, signal.SIGINT)}
     started = time.perf_counter()
     run.accounting.start()
     try:
@@ -343,12 +409,27 @@ def train(run: Run) -> float:
             "gradient_checkpointing on, or use peft.method qlora"
         ) from exc
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    if run.stop["requested"]:
-        raise Preempted(f"arm {run.arm.name}: stopped by SIGTERM at step {run.trainer.state.global_step}; "
-                        "the checkpoint is saved and a rerun resumes from it")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    state = run.trainer.state
+    if run.stop["requested"] and state.global_step < state.max_steps:
+        raise _stopped(run)  # (a stop asked for after the last step lets the finished training be recorded)
     return time.perf_counter() - started
+
+
+def _stopped(run: Run) -> Preempted:
+    """What a stopped training says: the step, where its checkpoint is, and whether a rerun can resume from it
+    (``saved``, for the local runner's last line)."""
+    step = int(run.trainer.state.global_step)
+    complete = complete_local(run.store.local_dir)
+    where = run.store.location(complete[-1][0] if complete else step)
+    kept = run.checkpoint_uri is not None
+    how = "a rerun resumes from it" if kept else \
+        "a rerun of this stage into the same output resumes from it (set training.checkpoint_uri to keep it apart)"
+    exc = Preempted(f"arm {run.arm.name}: stopped by {run.stop['signal']} at step {step}; the checkpoint is saved "
+                    f"({where}) and {how}")
+    exc.saved = {"arm": run.arm.name, "step": step, "checkpoint": where, "kept": kept}
+    return exc
 
 
 ACCOUNTING = "bakeoff_accounting.json"  # in each checkpoint: what the run had spent when it was saved
@@ -454,6 +535,7 @@ def _result(run: Run, seconds: float, cost: CostSpec | None) -> TrainResult:
         best_step=int(best["step"]) if best and training.keep_best else steps,
         best_validation_loss=best["loss"] if best else None,
         peak_memory_gb=round(_peak_memory_gb(run.device), 3), resumed_from_step=resumed_from,
+        fingerprint=run.store.digest, resume_status=run.resume_status, fingerprint_changed=run.fingerprint_changed,
         artifact=ADAPTER_DIR if run.method_config is not None else FULL_MODEL_DIR,
         quantization="nf4-double-quant" if run.quantized else None, world_size=world_size,
         distributed=("fsdp" if trainer.is_fsdp_enabled else "ddp") if world_size > 1 else None,
@@ -477,7 +559,7 @@ def _save(run: Run, result: TrainResult) -> None:
     (saved / "README.md").write_text(_model_card(result, run.peft))
     if run.checkpoint_uri is None or run.store.remote:
         # the result is saved (and remote checkpoints are on S3): don't ship local copies in the artifact
-        shutil.rmtree(run.local_ckpt, ignore_errors=True)
+        shutil.rmtree(run.store.root_local, ignore_errors=True)
 
 
 def _fsdp_args(training: TrainingSpec, grad_ckpt: bool) -> dict[str, Any]:

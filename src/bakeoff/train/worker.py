@@ -8,6 +8,8 @@ A worker trains its own rank in this process and never launches anything. With `
 downloads the splits; with an ``s3://`` output global rank 0 uploads the result, its ``COMPLETE`` marker
 last. ``--spec`` is a file or ``env:NAME`` (the Trainer job's pods get the spec in an environment
 variable). To run several GPUs by hand: ``torchrun --nproc_per_node=N -m bakeoff.train.worker ...``.
+Under torchrun a rank dies with its torchrun (a parent-death signal): none is left training if torchrun is
+killed; torchrun itself passes SIGTERM on, and each rank then saves a checkpoint and stops.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -61,6 +64,20 @@ def staged(data: str | Path, out: str | Path) -> Iterator[tuple[Path, Path]]:
             log.info("uploaded the result to %s", out)
 
 
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Have the kernel send ``sig`` to this process when its parent dies (Linux ``PR_SET_PDEATHSIG``; nothing
+    elsewhere), so no rank outlives a torchrun that was killed."""
+    import ctypes
+
+    parent = os.getppid()
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is None:
+        return
+    prctl(1, int(sig))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), sig)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bakeoff.train.worker", description=__doc__.splitlines()[0])
     p.add_argument("--spec", required=True, help="a spec file, or env:NAME to read it from an environment variable")
@@ -73,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Train one rank; exit 0, or 2 (invalid spec) / 1 (any other error) with the reason on stderr."""
     args = build_parser().parse_args(argv)
+    if "LOCAL_RANK" in os.environ:
+        die_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         spec = load_spec(args.spec)
