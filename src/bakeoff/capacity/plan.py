@@ -69,11 +69,21 @@ class ConfigUnknown(BakeoffError):
 def model_config(uri: str) -> dict[str, Any]:
     """The model's config: the package's facts for the shipped models, ``tiny://``, a local folder, ``s3://``
     (its config.json only) or the Hub (the local cache first)."""
+    if uri.startswith("hf://") and uri[len("hf://"):].split("@", 1)[0].lower() not in MODEL_CONFIGS:
+        return _hub_config(uri)
+    if uri.startswith("s3://"):
+        return _s3_config(uri)
+    return known_config(uri)
+
+
+def known_config(uri: str) -> dict[str, Any]:
+    """The config of a model this process knows without asking a server: the package's facts, ``tiny://`` or
+    a local folder (what the report stage plans with: its image has neither the Hub client nor S3's)."""
     if uri.startswith("hf://"):
         repo = uri[len("hf://"):].split("@", 1)[0]
         if repo.lower() in MODEL_CONFIGS:
             return dict(MODEL_CONFIGS[repo.lower()])
-        return _hub_config(uri)
+        raise ConfigUnknown(f"{uri}: its config is not in the package's facts (bakeoff plan reads it from the Hub)")
     if uri.startswith("tiny://"):
         from bakeoff.models.tiny import FAMILIES, VOCAB_SIZE
 
@@ -81,8 +91,8 @@ def model_config(uri: str) -> dict[str, Any]:
         if family is None:
             raise ConfigUnknown(f"{uri}: unknown tiny family")
         return {**family["kwargs"], "vocab_size": VOCAB_SIZE, "model_type": family["config"][:-6].lower()}
-    if uri.startswith("s3://"):
-        return _s3_config(uri)
+    if "://" in uri:
+        raise ConfigUnknown(f"{uri}: its config is read from its store (bakeoff plan does), not here")
     path = Path(uri) / "config.json"
     if not path.is_file():
         raise ConfigUnknown(f"{uri}: no config.json there")
@@ -303,7 +313,7 @@ def predicted_beside_measured(spec: ExperimentSpec, stats: dict, training: dict)
             out["cost_usd"] = round(tokens * epochs * hosted.usd_per_1m_training_tokens / 1e6, 4)
     else:
         try:
-            config = model_config(arm.model)
+            config = known_config(arm.model)
         except ConfigUnknown as exc:
             return {**out, "reason": str(exc)}
         cuda = training.get("device") == "cuda"
@@ -416,5 +426,5 @@ def render(plans: list[StagePlan], notes: bool = True) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ASSUMED_MFU", "ConfigUnknown", "StagePlan", "fit_errors", "model_config", "plan_spec",
+__all__ = ["ASSUMED_MFU", "ConfigUnknown", "StagePlan", "fit_errors", "known_config", "model_config", "plan_spec",
            "predicted_beside_measured", "render", "suggestions", "tokens_from_stats", "tokens_per_epoch"]
