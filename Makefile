@@ -8,7 +8,7 @@ KFP_HOST ?=
 TORCH_VERSION ?= 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv pipeline test test-fast bench bench-gpu compile compiled lint clean check-deploy images base-image test-images
+.PHONY: venv pipeline test test-fast bench bench-gpu gpu-check compile compiled lint clean check-deploy images base-image test-images
 
 venv: $(STAMP)
 
@@ -38,6 +38,14 @@ bench: $(STAMP)
 ## bench-gpu: the same comparisons on a ~1B model, with MFU and peak memory (needs CUDA; under 10 minutes)
 bench-gpu: $(STAMP)
 	$(BIN)/python bench/bench_gpu.py
+
+## gpu-check: on a CUDA GPU, the gpu-marked tests and bench-gpu's parts in under 8 minutes, each part with a time
+## budget -> bench/results/gpu-latest.{json,md,log}; without CUDA: the dry run, "cuda": false, exit 0. Needs no
+## venv (a lent GPU machine has none): it uses $(BIN)/python when there is one, else python3. GPU_CHECK_ARGS is
+## passed on (e.g. --parts tests,methods --merge). bench/README.md has the command for a lent GPU.
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+gpu-check:
+	$(GPU_CHECK_PYTHON) bench/gpu_check.py $(GPU_CHECK_ARGS)
 
 ## compile: write the KFP YAML of EXPERIMENT to build/<name>.yaml
 compile: $(STAMP)

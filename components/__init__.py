@@ -4,6 +4,14 @@ Each body imports ``bakeoff`` inside the function: KFP ships the function's sour
 image, where the package is installed (``install_kfp_package=False``: the image has kfp too).
 """
 
-from bakeoff_components.stages import evaluate, finetune, generate, generate_vllm, prepare_data, report
+from bakeoff_components.stages import (
+    evaluate,
+    finetune,
+    generate,
+    generate_vllm,
+    pairwise_judge,
+    prepare_data,
+    report,
+)
 
-__all__ = ["evaluate", "finetune", "generate", "generate_vllm", "prepare_data", "report"]
+__all__ = ["evaluate", "finetune", "generate", "generate_vllm", "pairwise_judge", "prepare_data", "report"]

@@ -60,12 +60,25 @@ def evaluate(spec_json: str, arm: str, generations: Input[Dataset], scores: Outp
                 metrics.log_metric(f"{variant}/{name}", cell["mean"])
 
 
+@dsl.component(base_image=image_for("evaluate"), install_kfp_package=False)
+def pairwise_judge(spec_json: str, scores: Input[List[Dataset]], pairwise: Output[Dataset]):
+    """The pairwise judge (evaluation.pairwise): chosen pairs of arms compared answer by answer, both orders."""
+    import logging
+
+    from bakeoff.spec import spec_from_json
+    from bakeoff.stages import run_pairwise
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per judge request otherwise
+    run_pairwise(spec_from_json(spec_json), [s.path for s in scores], pairwise.path)
+
+
 @dsl.component(base_image=image_for("report"), install_kfp_package=False)
 def report(
     spec_json: str,
     data: Input[Dataset],
     models: Input[List[Model]],
     scores: Input[List[Dataset]],
+    pairwise: Input[Dataset],
     html: Output[HTML],
     markdown: Output[Markdown],
     results: Output[Artifact],
@@ -81,7 +94,7 @@ def report(
 
     with tempfile.TemporaryDirectory() as tmp:
         doc, paths = run_report(spec_from_json(spec_json), data.path, [m.path for m in models],
-                                [s.path for s in scores], tmp)
+                                [s.path for s in scores], tmp, pairwise=pairwise.path)
         shutil.copyfile(paths["html"], html.path)
         shutil.copyfile(paths["md"], markdown.path)
         shutil.copyfile(paths["results"], results.path)

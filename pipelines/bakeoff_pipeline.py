@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from bakeoff_components import evaluate, finetune, generate, generate_vllm, prepare_data, report
+from bakeoff_components import evaluate, finetune, generate, generate_vllm, pairwise_judge, prepare_data, report
 from kfp import compiler, dsl, kubernetes
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Model
 
@@ -133,7 +133,8 @@ def build_pipeline(spec: ExperimentSpec, local: bool = False):
     placement and cannot resolve dsl.OneOf artifacts; and no retries (a local failure does not change on
     a retry, and the user reads it at once).
     """
-    placements = {arm.name: placement_of(arm) for arm in spec.arms}
+    # one task set per run: an arm's replicates (NAME, NAME-r2, ...) are parallel tasks like arms
+    placements = {run: placement_of(arm) for arm in spec.arms for run in spec.arm_runs(arm)}
     on_gpu = gpu_generate(spec)
     retries = not local
     branching = not local and set(placements.values()) != {"one-node"}
@@ -187,9 +188,13 @@ def build_pipeline(spec: ExperimentSpec, local: bool = False):
                                     spec, retries).outputs["generations"]
             ev = stage(evaluate(spec_json=spec_json, arm=arm, generations=generations),
                        "evaluate", spec, retries)
+        # The pairwise judge (evaluation.pairwise; without it the task only writes {"configured": false}) sees
+        # every arm's answers at once, in the evaluate stage's image and with its Secrets.
+        pw = stage(pairwise_judge(spec_json=spec_json, scores=dsl.Collected(ev.outputs["scores"])), "evaluate",
+                   spec, retries).set_display_name("pairwise-judge")
         rep = stage(
             report(spec_json=spec_json, data=prep.outputs["data"], models=dsl.Collected(model),
-                   scores=dsl.Collected(ev.outputs["scores"])),
+                   scores=dsl.Collected(ev.outputs["scores"]), pairwise=pw.outputs["pairwise"]),
             "report", spec, retries,
         )
         # Never cached: on a cache hit the backend reuses the earlier execution's artifacts, which live under

@@ -83,6 +83,44 @@ def _grade(prompt: str) -> str:
     return "Matches the reference. Rating: [[9]]" if same else "Does not match. Rating: [[2]]"
 
 
+_PAIRWISE = re.compile(r"(?:\[The Start of Reference Answer\]\n(?P<reference>.*?)\n\[The End of Reference Answer\].*?)?"
+                       r"\[The Start of Assistant 1's Answer\]\n(?P<first>.*?)\n\[The End of Assistant 1's Answer\].*?"
+                       r"\[The Start of Assistant 2's Answer\]\n(?P<second>.*?)\n\[The End of Assistant 2's Answer\]",
+                       re.S)
+NO_PAIRWISE_MODES = ("garbage", "ragas", "logprobs")  # modes whose replies stay what they were for every prompt
+PAIRWISE_GARBAGE = "Both have merits. Verdict: [[A]]"  # not [[1]], [[2]] or [[tie]]: a parse failure
+
+
+def pairwise_blocks(prompt: str) -> tuple[str | None, str, str] | None:
+    """(reference or None, first answer, second answer) read back out of bakeoff's pairwise prompt; None
+    for any other prompt (a single-judge prompt has no numbered assistants)."""
+    match = _PAIRWISE.search(prompt)
+    return (match.group("reference"), match.group("first"), match.group("second")) if match else None
+
+
+def _prefer(reference: str | None, first: str, second: str) -> str:
+    """The pairwise verdict the stand-in gives: the answer equal to the reference (case and spaces aside)
+    wins; otherwise the longer one; otherwise a tie."""
+    same = [reference is not None and _norm(x) == _norm(reference) for x in (first, second)]
+    if same[0] != same[1]:
+        return "1" if same[0] else "2"
+    if same[0] or len(first.strip()) == len(second.strip()):
+        return "tie"
+    return "1" if len(first.strip()) > len(second.strip()) else "2"
+
+
+def _pairwise_reply(mode: str, prompt: str) -> str | None:
+    """The reply to a pairwise prompt in ``mode``, or None for a single-judge prompt (answered as before)."""
+    blocks = pairwise_blocks(prompt)
+    if blocks is None:
+        return None
+    if mode == "position-biased":
+        return "The first answer is better. [[1]]"
+    if mode == "pairwise-garbage":
+        return PAIRWISE_GARBAGE
+    return f"Compared both. Verdict: [[{_prefer(*blocks)}]]"
+
+
 class FakeJudgeServer:
     """An OpenAI-compatible ``POST /v1/chat/completions`` server with failure modes.
 
@@ -91,6 +129,11 @@ class FakeJudgeServer:
     ``status`` (every request gets ``status_code``), and ``grade``: [[9]] when the answer equals the
     reference (case and spaces aside) and [[2]] otherwise, read back out of bakeoff's judge prompt.
     ``ragas`` answers ragas's answer-correctness prompts with valid JSON (see ``_ragas_reply``).
+    Pairwise prompts (bakeoff's pairwise judge) get a verdict wherever ``reply`` would be sent (``normal``,
+    ``grade``, after the failures of the ``...-then-ok`` modes: ``_prefer``, the answer equal to the reference,
+    else the longer one, else [[tie]]; not in ``garbage``, ``ragas`` or ``logprobs``), and in two modes of
+    their own: ``position-biased`` ([[1]] whatever the answers, so the swapped order flips it) and
+    ``pairwise-garbage`` (no valid verdict); single-judge prompts get ``reply`` in those two.
     Malformed HTTP 200 replies: ``html-200`` (a proxy's HTML page), ``no-choices`` (JSON without
     ``choices``), and ``html-then-ok``, ``no-choices-then-ok``, ``garbage-then-ok`` (only the first
     ``fail_first`` requests malformed or unparseable, then ``reply``).
@@ -206,7 +249,11 @@ class FakeJudgeServer:
                 if mode == "slow" and server.stopping.wait(server.delay):
                     return None
                 content = "no idea" if mode == "garbage" else server.reply
-                if mode == "grade":
+                pairwise = _pairwise_reply(mode, str(body["messages"][-1].get("content") or "")) \
+                    if mode not in NO_PAIRWISE_MODES and body.get("messages") else None
+                if pairwise is not None:
+                    content = pairwise
+                elif mode == "grade":
                     content = _grade(body["messages"][-1]["content"])
                 if mode == "ragas":
                     content = _ragas_reply("\n".join(str(m.get("content") or "") for m in body["messages"]))

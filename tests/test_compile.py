@@ -10,6 +10,8 @@ from bakeoff import cluster
 from bakeoff.cli import main
 from bakeoff.spec import parse_spec
 
+# Tasks that run as another stage's pods.
+STAGE_OF = {"exec-pairwise-judge": "evaluate"}
 
 def _compile(tmp_path, spec_path_or_spec):
     out = tmp_path / "pipeline.yaml"
@@ -43,7 +45,9 @@ def test_finetune_asks_for_gpu_node_selector_and_toleration(tmp_path):
     # Every stage runs as the images' non-root user, labelled with its stage.
     for name, executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items():
         assert executor["securityContext"] == {"runAsUser": "10001", "runAsGroup": "10001", "runAsNonRoot": True}
-        assert executor["podMetadata"]["labels"]["bakeoff/stage"] == name.removeprefix("exec-").replace("-data", "")
+        # the pairwise judge is an evaluate-stage pod (its image, Secrets and NetworkPolicy egress to the judge)
+        stage = STAGE_OF.get(name, name.removeprefix("exec-").replace("-data", ""))
+        assert executor["podMetadata"]["labels"]["bakeoff/stage"] == stage
 
 
 def test_scheduling_follows_the_spec(tmp_path, smoke_spec):
@@ -62,7 +66,7 @@ def test_scheduling_follows_the_spec(tmp_path, smoke_spec):
 def test_pipeline_shape(tmp_path, smoke_spec):
     pipeline, _ = _compile(tmp_path, smoke_spec)
     root = pipeline["root"]["dag"]["tasks"]
-    assert set(root) == {"prepare-data", "for-loop-2", "report"}
+    assert set(root) == {"prepare-data", "for-loop-2", "pairwise-judge", "report"}
     loop = root["for-loop-2"]
     assert loop["parameterIterator"]["items"]["raw"] == '["tiny-llama", "tiny-mixtral"]'
     inner = pipeline["components"]["comp-for-loop-2"]["dag"]["tasks"]
@@ -129,7 +133,7 @@ def test_every_shipped_experiment_compiles_with_its_scheduling_and_images(path, 
     k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     # every stage's pods get exactly the Secret keys the spec gives that stage, as env vars
     for executor, config in k8s.items():
-        stage = executor.removeprefix("exec-").removesuffix("-data").rsplit("-2", 1)[0]
+        stage = STAGE_OF.get(executor, executor.removeprefix("exec-").removesuffix("-data").rsplit("-2", 1)[0])
         refs = {(s["secretName"], k["secretKey"], k["envVar"]) for s in config.get("secretAsEnv", [])
                 for k in s["keyToEnv"]}
         assert refs == set(cluster.secret_env(spec, stage)), executor

@@ -39,7 +39,8 @@ STAGE_PACKAGES = ("bakeoff.data", "bakeoff.train", "bakeoff.generate", "bakeoff.
 # (layer name, the modules or packages in it), lowest layer first; a layer's number is its position here.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("foundation", ("bakeoff", "bakeoff.errors", "bakeoff.jsonl")),
-    ("helpers", ("bakeoff.storage", "bakeoff.images", "bakeoff.templates", "bakeoff.stats", "bakeoff.fixtures")),
+    ("helpers", ("bakeoff.storage", "bakeoff.images", "bakeoff.templates", "bakeoff.stats", "bakeoff.ranking",
+                 "bakeoff.fixtures")),
     ("spec", ("bakeoff.spec",)),
     ("shared services", ("bakeoff.artifacts", "bakeoff.capacity", "bakeoff.cluster", "bakeoff.endpoints",
                          "bakeoff.models")),

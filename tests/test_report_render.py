@@ -13,7 +13,7 @@ from bakeoff.report import render_html, render_markdown, write_report
 
 ARMS = ("tiny-llama", "tiny-mixtral")
 VARIANTS = ("fine-tuned", "base-zero-shot")
-SECTIONS = ("summary", "metrics", "training", "loss-curves", "data", "health", "samples", "configuration")
+SECTIONS = ("decision", "summary", "metrics", "training", "loss-curves", "data", "health", "samples", "configuration")
 SCRIPT = "<script>alert('x')</script>"
 
 

@@ -239,7 +239,7 @@ def test_plan_mentions_metrics_and_counts():
     spec = load_spec(ROOT / "experiments" / "smoke.yaml")
     plan = cli_plan(spec)
     assert "judge (not configured: no evaluation.judge)" in plan
-    assert "plan: 2 fine-tuning runs, 6 generation runs of 100 test samples, 12 arm x variant x metric cells" in plan
+    assert "plan: 2 fine-tuning runs, 6 generation runs of 100 test samples, 12 run x variant x metric cells" in plan
     assert "tiny-mixtral: tiny://mixtral | lora r=16 alpha=32 dropout=0" in plan
 
 

@@ -293,9 +293,9 @@ def test_an_existing_file_as_an_output_folder(tmp_path, capsys):
 
 @pytest.mark.parametrize(("content", "line"), [
     ("not json", "cannot read results JSON: Expecting value: line 1 column 1 (char 0)"),
-    ("[1, 2]", "not a bakeoff results.json of schema version 1 (found a JSON list); it is the report stage's "
+    ("[1, 2]", "not a bakeoff results.json of schema version 1 to 2 (found a JSON list); it is the report stage's "
                "results.json (runs/NAME/results.json)"),
-    ('{"a": 1}', "not a bakeoff results.json of schema version 1 (found no schema_version); it is the report "
+    ('{"a": 1}', "not a bakeoff results.json of schema version 1 to 2 (found no schema_version); it is the report "
                  "stage's results.json (runs/NAME/results.json)"),
     ('{"schema_version": 1, "rows": "x"}', "malformed results.json (AttributeError: 'str' object has no attribute "
                                            "'get'); see docs/results-schema.md"),

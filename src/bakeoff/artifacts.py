@@ -37,6 +37,7 @@ GENERATIONS = "generations.jsonl"
 GENERATION_SUMMARY = "generation.json"
 SAMPLES = "samples.jsonl"
 EVALUATION = "evaluation.json"
+PAIRWISE = "pairwise.json"
 
 
 def _write_json(path: Path, doc: Any, sort_keys: bool = False) -> Path:
@@ -217,6 +218,17 @@ def write_evaluation(eval_dir: str | Path, summary: dict[str, Any], samples: lis
     out = Path(eval_dir)
     write_jsonl(out / SAMPLES, samples)
     _write_json(out / EVALUATION, summary, sort_keys=True)
+
+
+def write_pairwise(out_dir: str | Path, doc: dict[str, Any]) -> Path:
+    """The pairwise judge's ``pairwise.json``: ``{"configured": false}``, or its pairs, verdicts and stats."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return _write_json(out / PAIRWISE, doc)
+
+
+def read_pairwise(out_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(out_dir) / PAIRWISE).read_text())
 
 
 def read_evaluation(eval_dir: str | Path) -> tuple[dict, list[dict]]:

@@ -7,6 +7,7 @@ Exit status: 0 on success, 2 on an invalid spec (one line per error, naming the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -72,10 +73,13 @@ def plan(spec: ExperimentSpec) -> str:
     notes = [("judge (not configured: no evaluation.judge)" if judge is None else
               f"judge ({judge.model} at {judge.base_url})") if m == "judge" else m for m in spec.evaluation.metrics]
     lines.append(f"metrics: {', '.join(notes)}")
-    n = len(spec.arms) * len(spec.variants)
+    runs = spec.runs()
+    n = len(spec.arms) * len(spec.variants) + (len(runs) - len(spec.arms))  # replicates: fine-tuned only
+    replicates = f" ({len(runs) - len(spec.arms)} of them replicates with other training seeds)" \
+        if len(runs) > len(spec.arms) else ""
     lines.append(
-        f"plan: {len(spec.arms)} fine-tuning runs, {n} generation runs of {sp.test} test samples, "
-        f"{n * len(spec.evaluation.metrics)} arm x variant x metric cells"
+        f"plan: {len(runs)} fine-tuning runs{replicates}, {n} generation runs of {sp.test} test samples, "
+        f"{n * len(spec.evaluation.metrics)} run x variant x metric cells"
     )
     return "\n".join(lines)
 
@@ -181,11 +185,12 @@ def _cmd_report(args) -> int:
         why = getattr(exc, "strerror", None) or exc
         raise BakeoffError(f"{args.results}: cannot read results JSON: {why}") from exc
     version = results.get("schema_version") if isinstance(results, dict) else None
-    if version != SCHEMA_VERSION:
+    readable = range(1, SCHEMA_VERSION + 1)  # the pages render every earlier version (its newer parts left out)
+    if version not in readable:
         found = (f"a JSON {type(results).__name__}" if not isinstance(results, dict) else
                  f"schema_version {version!r}" if "schema_version" in results else "no schema_version")
-        raise BakeoffError(f"{args.results}: not a bakeoff results.json of schema version {SCHEMA_VERSION} (found "
-                           f"{found}); it is the report stage's results.json (runs/NAME/results.json)")
+        raise BakeoffError(f"{args.results}: not a bakeoff results.json of schema version 1 to {SCHEMA_VERSION} "
+                           f"(found {found}); it is the report stage's results.json (runs/NAME/results.json)")
     try:
         paths = run_report_from_results(args.results, args.out)
     except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:  # a key missing or of another type
@@ -441,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
+    except BrokenPipeError:  # `bakeoff plan x.yaml | head`: the reader left; nothing to report
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # the interpreter flushes stdout once more at exit
+        return 141
     except (Exception, KeyboardInterrupt) as exc:  # one line, no traceback (--debug shows it): errors.exit_code
         return exit_code(exc, debug=args.debug)
 

@@ -82,7 +82,7 @@ def run_finetune(spec: ExperimentSpec, arm: str, data: str | Path, out: str | Pa
     under torchrun or in this process, as the arm and the machine say."""
     from bakeoff.train.launch import finetune_arm
 
-    return finetune_arm(spec, arm, data, out, processes=processes)
+    return finetune_arm(spec.for_run(arm), arm, data, out, processes=processes)
 
 
 @reported
@@ -92,6 +92,7 @@ def run_generate(spec: ExperimentSpec, arm: str, data: str | Path, model: str | 
     from bakeoff.generate import generate
 
     preflight(spec.evaluation)  # and again before generating: the endpoint may have gone since
+    spec = spec.for_run(arm)  # a replicate: its own arm and seed, the fine-tuned variant only
     arm_spec = spec.arm(arm)
     variants = spec.variants if model is not None else [v for v in spec.variants if v != "fine-tuned"]
     return generate(arm_spec, spec.generation, variants, data, model, out, template=spec.data.template,
@@ -103,17 +104,48 @@ def run_evaluate(spec: ExperimentSpec, arm: str, generations: str | Path, out: s
     """One arm's evaluate stage: every metric of the spec on its generations."""
     from bakeoff.evaluate import evaluate
 
-    spec.arm(arm)  # a spec error naming the arms, for a misspelt one
+    spec.run_of(arm)  # a spec error naming the arms and replicates, for a misspelt one
     return evaluate(arm, spec.evaluation, generations, out, seed=spec.seed)
 
 
 @reported
+def run_pairwise(spec: ExperimentSpec, scores: Paths, out: str | Path) -> dict[str, Any]:
+    """The pairwise judge (``evaluation.pairwise``): each chosen pair's answers side by side, in both orders,
+    on every test sample both answered; the arms' first replicates (their own names) are compared. Writes
+    ``pairwise.json`` in ``out`` (``{"configured": false}`` when the spec has no pairwise judge)."""
+    from bakeoff.artifacts import read_evaluation, write_pairwise
+    from bakeoff.evaluate.pairwise import run_pairwise as judge_pairs
+    from bakeoff.spec import contestant, pairwise_endpoint, pairwise_pairs
+
+    settings = pairwise_endpoint(spec.evaluation)
+    if settings is None:
+        write_pairwise(out, {"configured": False})
+        return {"configured": False}
+    arms = {arm.name for arm in spec.arms}
+    answers: dict[str, dict[str, dict]] = {}
+    for folder in scores:
+        for sample in read_evaluation(folder)[1]:
+            if sample["arm"] not in arms:  # a replicate's answers: the pairwise judge compares first replicates
+                continue
+            question = "\n\n".join(part for part in (sample.get("instruction"), sample.get("input")) if part)
+            for variant, answer in (sample.get("answers") or {}).items():
+                answers.setdefault(contestant(sample["arm"], variant), {})[sample["id"]] = {
+                    "prompt": question, "answer": answer, "reference": sample.get("reference")}
+    pairs = pairwise_pairs(spec.evaluation, [arm.name for arm in spec.arms])
+    result = judge_pairs(pairs, answers, settings)
+    doc = {"configured": True, "pairs": [list(p) for p in pairs], **result}
+    write_pairwise(out, doc)
+    return doc
+
+
+@reported
 def run_report(spec: ExperimentSpec, data: str | Path, models: Paths, scores: Paths,
-               out: str | Path) -> tuple[dict[str, Any], dict[str, Path]]:
-    """The report stage: results.json, report.html and report.md in ``out`` from every arm's artifacts."""
+               out: str | Path, pairwise: str | Path | None = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The report stage: results.json, report.html and report.md in ``out`` from every arm's artifacts (and
+    the pairwise judge's, when given)."""
     from bakeoff.report import report
 
-    return report(spec, data, list(models), list(scores), out)
+    return report(spec, data, list(models), list(scores), out, pairwise=pairwise)
 
 
 def run_tokens(spec: ExperimentSpec, arm: str, data: str | Path, n: int = 3) -> list[dict[str, Any]]:
@@ -164,5 +196,5 @@ def run_report_from_results(results_file: str | Path, out: str | Path) -> dict[s
     return write_report(results, out)
 
 
-__all__ = ["ERROR_FILE_ENV", "preflight", "reported", "run_evaluate", "run_finetune", "run_generate", "run_prepare",
-           "run_report", "run_report_from_results", "run_tokens"]
+__all__ = ["ERROR_FILE_ENV", "preflight", "reported", "run_evaluate", "run_finetune", "run_generate",
+           "run_pairwise", "run_prepare", "run_report", "run_report_from_results", "run_tokens"]

@@ -397,10 +397,76 @@ def _context(results: dict) -> dict[str, Any]:
         "arm_differences": [{"setting": d["setting"], "values": [json.dumps(d["values"].get(a)) for a in arms]}
                             for d in results.get("arm_differences") or []],
         "arms": arms,
+        **_decision_context(results),
         "samples": _samples(results, arms),
         "versions": results.get("versions") or {},
         "spec_json": json.dumps(experiment.get("spec") or {}, indent=2, default=str),
     }
+
+
+def _ci_text(ci: Any, spec: str = ".3g") -> str:
+    return f"[{ci[0]:{spec}}, {ci[1]:{spec}}]" if isinstance(ci, list) and len(ci) == 2 and None not in ci else "n/a"
+
+
+def _decision_context(results: dict) -> dict[str, Any]:
+    """The decision, the ranking, the replicates and the pairwise table, formatted."""
+    decision = results.get("decision") or {}
+    ranking = [{"metric": r["metric"], "arm": r["arm"], "mean": _fmt(r.get("mean"), ".3f"),
+                "ci": _ci_text(r.get("ci95")),
+                "p_best": "n/a" if r.get("p_best") is None else f"{100 * r['p_best']:.0f}%"}
+               for r in results.get("ranking") or []]
+    replicates = []
+    for arm, rep in (results.get("replicates") or {}).items():
+        spread = "; ".join(f"{m}: sd {_fmt(c.get('between_replicate_sd'), '.3f')} over {c.get('n_replicates')}"
+                           for m, c in (rep.get("metrics") or {}).items())
+        for e in rep.get("replicates") or []:
+            replicates.append({"arm": arm, "replicate": e["replicate"], "run": e["run"], "seed": e["seed"],
+                               "metrics": ", ".join(f"{m} {_fmt(v, '.3f')}" for m, v in (e["metrics"] or {}).items()),
+                               "time": _duration(e.get("seconds")), "cost": _usd(e.get("cost_usd")),
+                               "val_loss": _fmt(e.get("final_validation_loss"), ".4f")})
+        total = rep.get("total") or {}
+        replicates.append({"arm": arm, "replicate": "all", "run": "", "seed": "", "metrics": spread,
+                           "time": _duration(total.get("seconds")), "cost": _usd(total.get("cost_usd")),
+                           "val_loss": ""})
+    pairwise = [{"a": p["a"], "b": p["b"], "wins": p["wins"], "losses": p["losses"], "ties": p["ties"],
+                 "inconsistent": p["inconsistent"], "failed": p.get("failed", 0),
+                 "win_rate": "n/a" if p.get("win_rate") is None else f"{100 * p['win_rate']:.0f}%",
+                 "ci": _ci_text([100 * x for x in p["ci95"]] if p.get("ci95") else None, ".0f"), "n": p["n"]}
+                for p in results.get("pairwise") or []]
+    return {"decision": decision.get("text") or "", "decision_separable": decision.get("separable"),
+            "ranking": ranking, "replicates": replicates, "pairwise": pairwise}
+
+
+def _ranking_svg(results: dict) -> str:
+    """Each metric's ranking as an interval chart (mean and 95% interval per arm, p_best in the label)."""
+    rows = [r for r in results.get("ranking") or [] if r.get("mean") is not None]
+    if not rows:
+        return ""
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    plt = _pyplot()
+    plt.rcParams["svg.hashsalt"] = "bakeoff"
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.6 + 0.5 * len(_arms(results))),
+                             squeeze=False)
+    try:
+        for ax, metric in zip(axes[0], metrics, strict=True):
+            mine = [r for r in rows if r["metric"] == metric][::-1]
+            ys = range(len(mine))
+            lo = [r["mean"] - r["ci95"][0] if r.get("ci95") else 0 for r in mine]
+            hi = [r["ci95"][1] - r["mean"] if r.get("ci95") else 0 for r in mine]
+            ax.errorbar([r["mean"] for r in mine], list(ys), xerr=[lo, hi], fmt="o", capsize=4, color="C0")
+            ax.set_yticks(list(ys), [f"{r['arm'].replace('$', '')} ({100 * (r['p_best'] or 0):.0f}% best)"
+                                     for r in mine])
+            ax.set_title(metric)
+            ax.grid(True, axis="x", alpha=0.3)
+        fig.tight_layout()
+        buf = io.StringIO()
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    finally:
+        plt.close(fig)
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)
+    return svg.replace(' xmlns:xlink="http://www.w3.org/1999/xlink"', "").replace("xlink:href=", "href=")
 
 
 def render_html(results: dict) -> str:
@@ -409,6 +475,7 @@ def render_html(results: dict) -> str:
     from markupsafe import Markup
 
     ctx["loss_svg"] = Markup(_loss_svg(results, _arms(results)))
+    ctx["ranking_svg"] = Markup(_ranking_svg(json.loads(json.dumps(results, sort_keys=True, default=str))))
     return _jinja().get_template("report.html.j2").render(**ctx)
 
 
@@ -426,6 +493,21 @@ def render_markdown(results: dict) -> str:
     out = [f"# bakeoff report: {html.escape(c['name'], quote=False)}", ""]
     out += [f"⚠️ **Adapter probably not applied** for arm `{arm}`: fine-tuned answers equal base answers on every "
             "sample." for arm in c["no_adapter"]] + ([""] if c["no_adapter"] else [])
+    out += ["## Decision", "", html.escape(c["decision"] or "No decision.", quote=False), ""]
+    if c["ranking"]:
+        out += ["## Ranking", ""] + _md_table(["Metric", "Arm", "Mean", "ci95", "P(best)"],
+                                              [[r["metric"], r["arm"], r["mean"], r["ci"], r["p_best"]]
+                                               for r in c["ranking"]])
+    if c["pairwise"]:
+        out += ["## Pairwise", ""] + _md_table(
+            ["A", "B", "Wins", "Losses", "Ties", "Inconsistent", "Failed", "Win rate", "ci95 (%)", "n"],
+            [[p["a"], p["b"], p["wins"], p["losses"], p["ties"], p["inconsistent"], p["failed"], p["win_rate"],
+              p["ci"], p["n"]] for p in c["pairwise"]])
+    if c["replicates"]:
+        out += ["## Replicates", ""] + _md_table(
+            ["Arm", "Replicate", "Seed", "Fine-tuned", "Training time", "Cost", "Final validation loss"],
+            [[r["arm"], r["replicate"], r["seed"], r["metrics"], r["time"], r["cost"], r["val_loss"]]
+             for r in c["replicates"]])
     out += ["## Summary", ""] + _md_table(["Metric", "Best arm (fine-tuned)", "Mean", "ci95", "Lead over runner-up"],
                                           [[s["metric"], s["arm"], s["value"], s["ci"], s["lead"]]
                                            for s in c["summary"]])

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from bakeoff import __version__
-from bakeoff.artifacts import read_evaluation, read_stats, read_training
+from bakeoff.artifacts import read_evaluation, read_pairwise, read_stats, read_training
 from bakeoff.capacity.plan import predicted_beside_measured
+from bakeoff.report.decision import decide, pairwise_tables, pooled_leads, ranking, replicate_summaries
 from bakeoff.spec import ExperimentSpec, metric_names
 from bakeoff.stats import paired_difference
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: replicates, ranking, pairwise, decision (docs/results-schema.md)
 KEY_LIBRARIES = ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "openai", "kfp")
 
 
@@ -34,13 +35,18 @@ def build_results(
     data_stats: dict[str, Any],
     trainings: list[dict[str, Any]],
     evaluations: list[tuple[dict[str, Any], list[dict[str, Any]]]],
+    pairwise: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One results document; arms in spec order whatever order the artifacts came in."""
-    training = {t["arm"]: t for t in trainings}
-    evals = {summary["arm"]: (summary, samples) for summary, samples in evaluations}
-    missing = [a.name for a in spec.arms if a.name not in training or a.name not in evals]
+    """One results document; arms in spec order whatever order the artifacts came in. An arm's first run (its
+    own name) gives its rows, training and samples; with replicates, its fine-tuned means and intervals pool
+    every run (bakeoff.report.decision)."""
+    by_run = {t["arm"]: t for t in trainings}
+    evals_by_run = {summary["arm"]: (summary, samples) for summary, samples in evaluations}
+    missing = [run for run in spec.runs() if run not in by_run or run not in evals_by_run]
     if missing:
         raise ValueError(f"report: no training or evaluation artifacts for arm(s) {', '.join(missing)}")
+    training = {a.name: by_run[a.name] for a in spec.arms}
+    evals = {a.name: evals_by_run[a.name] for a in spec.arms}
     rows, health, samples, status, comparisons = [], {}, [], {}, []
     for arm in spec.arms:
         summary, arm_samples = evals[arm.name]
@@ -56,6 +62,18 @@ def build_results(
         comparisons += [{"arm": arm.name, **c} for c in summary.get("comparisons", [])]
         samples += arm_samples
     stats = {k: v for k, v in data_stats.items() if k not in ("out_dir", "files")}
+    names = metric_names(spec.evaluation)
+    samples_by_run = {run: samples_ for run, (_, samples_) in evals_by_run.items()}
+    replicates = replicate_summaries(spec, by_run, {run: s for run, (s, _) in evals_by_run.items()}, names,
+                                     samples_by_run, spec.seed)
+    for row in rows:  # with replicates, an arm's fine-tuned figures pool its runs
+        pooled = (replicates.get(row["arm"]) or {}).get("metrics") or {}
+        if row["variant"] == "fine-tuned":
+            for metric, cell in pooled.items():
+                if metric in row["metrics"] and cell["mean"] is not None:
+                    row["metrics"][metric] = {**row["metrics"][metric], **cell}
+    pairwise_table, bt_rows = pairwise_tables(pairwise)
+    ranked = ranking(spec, names, samples_by_run, bt_rows, spec.seed)
     return {
         "schema_version": SCHEMA_VERSION,
         "bakeoff_version": __version__,
@@ -70,7 +88,12 @@ def build_results(
         "training": {a.name: training[a.name] for a in spec.arms},
         "planned": {a.name: predicted_beside_measured(spec, data_stats, training[a.name]) for a in spec.arms},
         "comparisons": comparisons,
-        "leads": arm_leads(rows, samples, metric_names(spec.evaluation), spec.seed),
+        "replicates": replicates,
+        "ranking": ranked,
+        "pairwise": pairwise_table,
+        "pairwise_stats": (pairwise or {}).get("stats") if (pairwise or {}).get("configured") else None,
+        "decision": decide(spec, ranked, pairwise_table, samples_by_run, spec.seed),
+        "leads": pooled_leads(spec, arm_leads(rows, samples, names, spec.seed), samples_by_run, spec.seed),
         "costs": arm_costs(spec, training, health, rows),
         "arm_differences": arm_differences(spec),
         "health": health,
@@ -144,11 +167,15 @@ def arm_differences(spec: ExperimentSpec) -> list[dict[str, Any]]:
 
 
 def collect_results(
-    spec: ExperimentSpec, data_dir: str | Path, model_dirs: list[str | Path], eval_dirs: list[str | Path]
+    spec: ExperimentSpec, data_dir: str | Path, model_dirs: list[str | Path], eval_dirs: list[str | Path],
+    pairwise_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """``build_results`` from artifact folders: the prepare output, finetune outputs, evaluate outputs."""
+    """``build_results`` from artifact folders: the prepare output, finetune outputs, evaluate outputs and the
+    pairwise judge's output (optional)."""
     stats = read_stats(data_dir)
-    return build_results(spec, stats, [read_training(d) for d in model_dirs], [read_evaluation(d) for d in eval_dirs])
+    pairwise = read_pairwise(pairwise_dir) if pairwise_dir is not None else None
+    return build_results(spec, stats, [read_training(d) for d in model_dirs], [read_evaluation(d) for d in eval_dirs],
+                         pairwise)
 
 
 def headline_metrics(results: dict[str, Any]) -> dict[str, float]:

@@ -16,7 +16,8 @@ def report(
     model_dirs: list[str | Path],
     eval_dirs: list[str | Path],
     out_dir: str | Path,
+    pairwise: str | Path | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Write ``report.html``, ``report.md`` and ``results.json`` into ``out_dir``; return them."""
-    results = collect_results(spec, data_dir, model_dirs, eval_dirs)
+    results = collect_results(spec, data_dir, model_dirs, eval_dirs, pairwise)
     return results, write_report(results, out_dir)

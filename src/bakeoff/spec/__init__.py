@@ -23,6 +23,7 @@ from bakeoff.spec.data import DataSource, DataSpec, SplitSpec, TemplateChoice, U
 from bakeoff.spec.endpoint import Endpoint, ModelEndpoint
 from bakeoff.spec.evaluation import (
     METRICS,
+    PAIRS,
     RAGAS_METRICS,
     SLOT_METRICS,
     VARIANTS,
@@ -31,20 +32,27 @@ from bakeoff.spec.evaluation import (
     GenerationEndpoint,
     GenerationSpec,
     JudgeSpec,
+    PairwiseEndpoint,
+    PairwiseSpec,
     RagasSpec,
     SqlEvalSpec,
+    contestant,
     metric_names,
+    pairwise_endpoint,
+    pairwise_errors,
+    pairwise_pairs,
 )
 from bakeoff.spec.experiment import STAGES, ArmSpec, ExperimentSpec, HostedFineTune, SecretRoute
 from bakeoff.spec.loading import format_validation_errors, load_spec, parse_spec, spec_from_json
 from bakeoff.spec.training import PeftOverride, PeftSpec, TrainingSpec, merge_peft, peft_conflicts
 
 __all__ = [
-    "METRICS", "RAGAS_METRICS", "SLOT_METRICS", "SLUG", "STAGES", "VARIANTS", "ArmSpec", "CostSpec", "DataSource",
-    "DataSpec", "Endpoint", "EvaluationSpec", "ExactMatchSpec", "ExperimentSpec", "GenerationEndpoint",
-    "GenerationSpec", "GpuSpec", "HostedFineTune", "JudgeSpec", "ModelEndpoint", "PeftOverride", "PeftSpec",
-    "RagasSpec", "ResourcesSpec", "S3SecretRef", "SecretRef", "SecretRoute", "SecretsSpec", "SplitSpec",
-    "SqlEvalSpec", "StageResources", "Strict", "TemplateChoice", "Toleration", "TrainerJobSpec", "TrainingSpec",
-    "UserTemplate", "format_validation_errors", "load_spec", "merge_peft", "metric_names", "parse_spec",
+    "METRICS", "PAIRS", "RAGAS_METRICS", "SLOT_METRICS", "SLUG", "STAGES", "VARIANTS", "ArmSpec", "CostSpec",
+    "DataSource", "DataSpec", "Endpoint", "EvaluationSpec", "ExactMatchSpec", "ExperimentSpec", "GenerationEndpoint",
+    "GenerationSpec", "GpuSpec", "HostedFineTune", "JudgeSpec", "ModelEndpoint", "PairwiseEndpoint", "PairwiseSpec",
+    "PeftOverride", "PeftSpec", "RagasSpec", "ResourcesSpec", "S3SecretRef", "SecretRef", "SecretRoute",
+    "SecretsSpec", "SplitSpec", "SqlEvalSpec", "StageResources", "Strict", "TemplateChoice", "Toleration",
+    "TrainerJobSpec", "TrainingSpec", "UserTemplate", "contestant", "format_validation_errors", "load_spec",
+    "merge_peft", "metric_names", "pairwise_endpoint", "pairwise_errors", "pairwise_pairs", "parse_spec",
     "peft_conflicts", "spec_from_json",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -107,6 +108,49 @@ class RagasSpec(Strict):
     usd_per_1m_output_tokens: float | None = Field(default=None, ge=0, description="default: the judge's price")
 
 
+PAIRS = ("all", "reference", "base")
+
+
+class PairwiseSpec(Strict):
+    """The pairwise judge (MT-Bench's pairwise comparison with position swapping): for each chosen pair of
+    contestants the judge sees both answers to a test question, in both orders. Every endpoint key left out
+    is the judge's (``evaluation.judge``)."""
+
+    pairs: Literal["all", "reference", "base"] = Field(
+        default="all", description="all: every pair of arms (their fine-tuned variants); reference: each arm "
+        "against the arm named in reference; base: each arm's fine-tuned variant against its own base-zero-shot")
+    reference: str | None = Field(default=None, description="the arm every other arm is compared with (pairs "
+                                  "reference)")
+    rubric: Literal["reference", "open-ended"] | None = Field(
+        default=None, description="as the judge's rubric: reference (the reference answer is known to be correct) "
+        "or open-ended (the reference one good answer among many); default: the judge's, else reference")
+    max_tokens: int = Field(default=1024, gt=0, description="the longest reply, in tokens (it compares two "
+                            "answers before its verdict, so more than the judge's)")
+    base_url: str | None = Field(default=None, min_length=1, description="the endpoint (default: the judge's)")
+    model: str | None = Field(default=None, min_length=1, description="the judge model (default: the judge's)")
+    api_key_env: str | None = Field(default=None, min_length=1, description="the key's variable (default: the "
+                                    "judge's)")
+    api_key_secret: SecretRef | None = Field(default=None, description="on Kubernetes: the Secret key that "
+                                             "becomes api_key_env in the evaluate pods")
+    concurrency: int | None = Field(default=None, gt=0, description="requests in flight at a time (default: "
+                                    "the judge's)")
+    timeout_s: float | None = Field(default=None, gt=0, description="per request, in seconds (default: the "
+                                    "judge's)")
+    max_retries: int | None = Field(default=None, ge=0, description="per request, on 429, 5xx, timeouts and "
+                                    "connection errors, with exponential backoff (default: the judge's)")
+    usd_per_1m_input_tokens: float | None = Field(default=None, ge=0, description="default: the judge's price")
+    usd_per_1m_output_tokens: float | None = Field(default=None, ge=0, description="default: the judge's price")
+
+
+class PairwiseEndpoint(ModelEndpoint):
+    """The pairwise judge with every key resolved (``pairwise_endpoint``): what ``run_pairwise`` is given."""
+
+    rubric: Literal["reference", "open-ended"] = Field(default="reference", description="as PairwiseSpec.rubric")
+    max_tokens: int = Field(default=1024, gt=0, description="the longest reply, in tokens")
+    usd_per_1m_input_tokens: float | None = Field(default=None, ge=0, description="price, for the cost shown")
+    usd_per_1m_output_tokens: float | None = Field(default=None, ge=0, description="price, for the cost shown")
+
+
 class EvaluationSpec(Strict):
     """Which metrics score the answers, and the endpoints and settings they need."""
 
@@ -117,6 +161,23 @@ class EvaluationSpec(Strict):
     ragas: RagasSpec | None = Field(default=None, description="settings for the RAGAS metrics (default: the judge's)")
     exact_match: ExactMatchSpec = Field(default=ExactMatchSpec(), description="exact-match normalisation")
     sql: SqlEvalSpec = Field(default=SqlEvalSpec(), description="SQL execution accuracy (metric sql_execution)")
+    pairwise: PairwiseSpec | None = Field(
+        default=None, description="the pairwise judge: chosen pairs of arms compared answer by answer, in both "
+        "orders (its endpoint: the judge's by default)")
+    primary: str | None = Field(
+        default=None, description="the metric the report's decision names the best arm on: one of metrics, or "
+        "pairwise; default: pairwise when configured (pairs all or reference), else judge (when configured), "
+        "else exact_match, else the first metric")
+
+    def primary_metric(self) -> str:
+        """``primary``, or the default it describes."""
+        if self.primary:
+            return self.primary
+        if self.pairwise is not None and self.pairwise.pairs != "base":
+            return "pairwise"
+        if "judge" in self.metrics and self.judge is not None:
+            return "judge"
+        return "exact_match" if "exact_match" in self.metrics else self.metrics[0]
 
     @field_validator("metrics")
     @classmethod
@@ -160,6 +221,75 @@ class EvaluationSpec(Strict):
                      for key in ("usd_per_1m_input_tokens", "usd_per_1m_output_tokens"))
 
 
+def pairwise_endpoint(evaluation: EvaluationSpec) -> PairwiseEndpoint | None:
+    """The pairwise judge's endpoint: each key the pairwise section leaves out filled from the judge's; None
+    without a pairwise section, or when neither names a base_url and a model."""
+    p, j = evaluation.pairwise, evaluation.judge
+    if p is None:
+        return None
+    base_url, model = p.base_url or (j and j.base_url), p.model or (j and j.model)
+    if not base_url or not model:
+        return None
+    inherited = {key: getattr(p, key) if getattr(p, key) is not None else getattr(j, key, None)
+                 for key in ("api_key_env", "concurrency", "timeout_s", "max_retries", "usd_per_1m_input_tokens",
+                             "usd_per_1m_output_tokens")}
+    given = {key: value for key, value in inherited.items() if value is not None}
+    return PairwiseEndpoint(base_url=base_url, model=model, api_key_secret=p.api_key_secret,
+                            rubric=p.rubric or (j.rubric if j else "reference"), max_tokens=p.max_tokens, **given)
+
+
+def contestant(arm: str, variant: str = "fine-tuned") -> str:
+    """A pairwise contestant's name: ``ARM/VARIANT`` (the variant names of ``variants``)."""
+    return f"{arm}/{variant}"
+
+
+def pairwise_pairs(evaluation: EvaluationSpec, arms: Sequence[str]) -> list[tuple[str, str]]:
+    """The (a, b) contestant pairs the pairwise judge compares, a the arm in question and b what it is compared
+    with: every pair of arms in the spec's order (all), each arm against the reference arm (reference), or each
+    arm's fine-tuned variant against its own base-zero-shot (base); [] without a pairwise section."""
+    p = evaluation.pairwise
+    if p is None:
+        return []
+    if p.pairs == "base":
+        return [(contestant(arm), contestant(arm, "base-zero-shot")) for arm in arms]
+    if p.pairs == "reference":
+        return [(contestant(arm), contestant(p.reference)) for arm in arms if arm != p.reference]
+    return [(contestant(a), contestant(b)) for i, a in enumerate(arms) for b in arms[i + 1:]]
+
+
+def pairwise_errors(evaluation: EvaluationSpec, arms: Sequence[str], variants: Sequence[str]) -> list[str]:
+    """What is wrong with ``evaluation.pairwise`` (and ``evaluation.primary``) given the spec's arms and
+    variants, each ``key: message``."""
+    p, where = evaluation.pairwise, "evaluation.pairwise"
+    errors = []
+    primary = evaluation.primary
+    if primary is not None and primary not in evaluation.metrics and primary != "pairwise":
+        errors.append(f"evaluation.primary: {primary!r} is not one of evaluation.metrics "
+                      f"({', '.join(evaluation.metrics)}) nor pairwise")
+    elif primary == "pairwise" and (p is None or p.pairs == "base"):
+        errors.append("evaluation.primary: pairwise needs evaluation.pairwise with pairs all or reference (pairs "
+                      "base compares each arm with its own base model, which ranks no arms)")
+    if p is None:
+        return errors
+    if pairwise_endpoint(evaluation) is None:
+        errors.append(f"{where}: needs an endpoint: its own base_url and model, or an evaluation.judge to use")
+    if p.pairs == "reference" and p.reference is None:
+        errors.append(f"{where}.reference: required for pairs reference (the name of the arm to compare with)")
+    elif p.pairs != "reference" and p.reference is not None:
+        errors.append(f"{where}.reference: only for pairs reference (pairs is {p.pairs}); remove it")
+    elif p.reference is not None and p.reference not in arms:
+        errors.append(f"{where}.reference: unknown arm {p.reference!r}; arms are {', '.join(arms)}")
+    if "fine-tuned" not in variants:
+        errors.append(f"{where}.pairs: compares fine-tuned answers, but variants has no fine-tuned")
+    if p.pairs == "base" and "base-zero-shot" not in variants:
+        errors.append(f"{where}.pairs: base compares with base-zero-shot answers, but variants has no "
+                      "base-zero-shot; add it, or use pairs all or reference")
+    if p.pairs in ("all", "reference") and len(arms) < 2:
+        errors.append(f"{where}.pairs: {p.pairs} needs at least two arms (there is one); use pairs base to "
+                      "compare the arm with its base model")
+    return errors
+
+
 def metric_names(evaluation: EvaluationSpec) -> list[str]:
     """The metrics an evaluation reports: the spec's, with mr_match's slot scores and the judge's
     logprob-weighted rating beside them."""
@@ -173,5 +303,6 @@ def metric_names(evaluation: EvaluationSpec) -> list[str]:
     return names
 
 
-__all__ = ["METRICS", "RAGAS_METRICS", "SLOT_METRICS", "VARIANTS", "EvaluationSpec", "ExactMatchSpec",
-           "GenerationEndpoint", "GenerationSpec", "JudgeSpec", "RagasSpec", "SqlEvalSpec", "metric_names"]
+__all__ = ["METRICS", "PAIRS", "RAGAS_METRICS", "SLOT_METRICS", "VARIANTS", "EvaluationSpec", "ExactMatchSpec",
+           "GenerationEndpoint", "GenerationSpec", "JudgeSpec", "PairwiseEndpoint", "PairwiseSpec", "RagasSpec",
+           "SqlEvalSpec", "contestant", "metric_names", "pairwise_endpoint", "pairwise_errors", "pairwise_pairs"]

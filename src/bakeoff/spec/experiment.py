@@ -13,8 +13,15 @@ from bakeoff.spec.base import MAX_BATCH_SIZE, MAX_SEED, SecretRef, Strict, posit
 from bakeoff.spec.cluster import CostSpec, ResourcesSpec, SecretsSpec
 from bakeoff.spec.data import DataSpec
 from bakeoff.spec.endpoint import Endpoint
-from bakeoff.spec.evaluation import EvaluationSpec, GenerationSpec
-from bakeoff.spec.training import PeftOverride, PeftSpec, TrainingSpec, merge_peft, peft_conflicts
+from bakeoff.spec.evaluation import EvaluationSpec, GenerationSpec, pairwise_endpoint, pairwise_errors
+from bakeoff.spec.training import (
+    MAX_REPLICATES,
+    PeftOverride,
+    PeftSpec,
+    TrainingSpec,
+    merge_peft,
+    peft_conflicts,
+)
 
 STAGES = ("prepare", "finetune", "generate", "evaluate", "report")
 
@@ -85,6 +92,11 @@ class ArmSpec(Strict):
         "Kubeflow Trainer job (resources.trainer) from the finetune component"
     )
     hosted: HostedFineTune | None = Field(default=None, description="the hosted job's settings (kind openai)")
+    replicates: int | None = Field(default=None, ge=1, le=MAX_REPLICATES, description="this arm's "
+                                   "training.replicates (default: the experiment's)")
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="this arm's training seed (default: "
+                             "the experiment's seed; replicate i trains with it + i - 1); the splits always "
+                             "follow the experiment's seed")
 
     _check_name = field_validator("name")(classmethod(lambda cls, v: slug(v)))
 
@@ -166,13 +178,69 @@ class ExperimentSpec(Strict):
             errors += self._peft_errors(i, arm)
         if len(set(self.variants)) != len(self.variants):
             errors.append("variants: must be unique")
+        errors += self._replicate_errors(seen)
         errors += self._batch_errors()
         errors += self._endpoint_api_errors()
+        errors += pairwise_errors(self.evaluation, [arm.name for arm in self.arms], self.variants)
         if not errors:
             errors += self._secret_conflicts()
         if errors:
             raise SpecError(errors)
         return self
+
+    def _replicate_errors(self, names: set[str]) -> list[str]:
+        """Replicates run as arms named ``NAME-rI`` (I = 2 .. N): such a name must be free and a valid name."""
+        errors = []
+        replicated = any(self.arm_replicates(arm) > 1 for arm in self.arms)
+        if replicated and "fine-tuned" not in self.variants:
+            errors.append("training.replicates: replicates retrain the arm, so variants must include fine-tuned")
+        for i, arm in enumerate(self.arms):
+            for run in self.arm_runs(arm)[1:]:
+                key = f"arms[{i}].replicates" if arm.replicates else "training.replicates"
+                if run in names:
+                    errors.append(f"{key}: replicate {run!r} would have the name of another arm; rename that arm")
+                elif len(run) > 63:
+                    errors.append(f"{key}: replicate name {run!r} is longer than 63 characters; shorten "
+                                  f"arms[{i}].name")
+        return errors
+
+    def arm_replicates(self, arm: ArmSpec | str) -> int:
+        """How many times ``arm`` is trained (its own ``replicates``, else ``training.replicates``)."""
+        arm = self.arm(arm) if isinstance(arm, str) else arm
+        return arm.replicates or self.training.replicates
+
+    def arm_runs(self, arm: ArmSpec | str) -> list[str]:
+        """The runs of ``arm``, one per replicate: its own name (replicate 1), then ``NAME-r2`` ... ``NAME-rN``."""
+        arm = self.arm(arm) if isinstance(arm, str) else arm
+        return [arm.name] + [f"{arm.name}-r{i}" for i in range(2, self.arm_replicates(arm) + 1)]
+
+    def runs(self) -> list[str]:
+        """Every arm's runs, in spec order: what the pipeline's tasks train, generate and score."""
+        return [run for arm in self.arms for run in self.arm_runs(arm)]
+
+    def run_of(self, run: str) -> tuple[ArmSpec, int]:
+        """The arm a run belongs to and its replicate (1-based); a spec error naming the runs otherwise."""
+        for arm in self.arms:
+            runs = self.arm_runs(arm)
+            if run in runs:
+                return arm, runs.index(run) + 1
+        raise SpecError(f"arms: no arm or replicate named {run!r}; they are {', '.join(self.runs())}")
+
+    def training_seed(self, arm: ArmSpec) -> int:
+        """The seed ``arm`` trains with (an arm's own ``seed``, else the experiment's)."""
+        return arm.seed if arm.seed is not None else self.seed
+
+    def for_run(self, run: str) -> ExperimentSpec:
+        """The spec a run's stages see: ``self`` for an arm's first replicate; for replicate I of arm NAME, a spec
+        whose arm ``NAME-rI`` has training seed (its seed) + I - 1 and whose only variant is fine-tuned (the base
+        model's answers do not depend on the training seed: they come from replicate 1)."""
+        arm, replicate = self.run_of(run)
+        if replicate == 1:
+            return self
+        twin = arm.model_copy(update={"name": run, "seed": self.training_seed(arm) + replicate - 1,
+                                      "replicates": 1})
+        arms = [twin if a.name == arm.name else a for a in self.arms]
+        return self.model_copy(update={"arms": arms, "variants": ["fine-tuned"]})
 
     def _batch_errors(self) -> list[str]:
         """A training batch larger than the whole train split (given as a count) can never be filled: each step
@@ -248,8 +316,8 @@ class ExperimentSpec(Strict):
         """Every Secret key the spec names, with the variable it becomes and the stages that need it.
 
         HF token: prepare, finetune, generate. Judge key: prepare and generate (the judge preflight),
-        evaluate. RAGAS keys: evaluate. Generation endpoint key: generate. A hosted arm's key: finetune
-        and generate. S3 credentials (and endpoint, if the Secret holds it): every stage.
+        evaluate. RAGAS and pairwise judge keys: evaluate. Generation endpoint key: generate. A hosted arm's key:
+        finetune and generate. S3 credentials (and endpoint, if the Secret holds it): every stage.
         """
         routes = []
         s = self.secrets
@@ -270,7 +338,8 @@ class ExperimentSpec(Strict):
         return routes
 
     def _endpoint_routes(self) -> list[SecretRoute]:
-        """The routes of the endpoints' own ``api_key_secret`` keys (RAGAS, generation endpoint, hosted arms)."""
+        """The routes of the endpoints' own ``api_key_secret`` keys (RAGAS, the pairwise judge, generation endpoint,
+        hosted arms)."""
         routes = []
         llm, embeddings = self.evaluation.ragas_llm(), self.evaluation.ragas_embeddings()
         ragas = self.evaluation.ragas
@@ -280,6 +349,10 @@ class ExperimentSpec(Strict):
         if ragas and ragas.embeddings_api_key_secret and embeddings:
             routes.append(SecretRoute(ragas.embeddings_api_key_secret, embeddings.api_key_env, ("evaluate",),
                                       "evaluation.ragas.embeddings_api_key_secret"))
+        pairwise = pairwise_endpoint(self.evaluation)
+        if pairwise and pairwise.api_key_secret:  # the pairwise judge runs in the evaluate stage's pods
+            routes.append(SecretRoute(pairwise.api_key_secret, pairwise.api_key_env, ("evaluate",),
+                                      "evaluation.pairwise.api_key_secret"))
         endpoint = self.generation.endpoint
         if endpoint and endpoint.api_key_secret:
             routes.append(SecretRoute(endpoint.api_key_secret, endpoint.api_key_env, ("generate",),

@@ -14,6 +14,9 @@ from bakeoff.spec.base import MAX_BATCH_SIZE, Strict
 # LoRA's: IA3 trains scaling vectors that start at one, which move little at LoRA's rate.
 IA3_LEARNING_RATE = 3e-3
 # training.optimizer -> the Trainer's ``optim``.
+# Replicates per arm: each is a full training, generation and scoring; beyond this a bake-off wants more test
+# samples, not more seeds (the report's power estimate says how many of each would separate the arms).
+MAX_REPLICATES = 32
 OPTIMIZERS = {"adamw": "adamw_torch", "adamw-8bit": "adamw_bnb_8bit", "paged-adamw-8bit": "paged_adamw_8bit",
               "paged-adamw-32bit": "paged_adamw_32bit"}
 
@@ -22,6 +25,9 @@ class TrainingSpec(Strict):
     """Hyperparameters shared by every arm (the seed paper's Table 2 names)."""
 
     epochs: float = Field(default=2, gt=0, description="passes over the train split")
+    replicates: int = Field(default=1, ge=1, le=MAX_REPLICATES, description="times each arm is trained, with "
+                            "distinct training seeds (seed, seed + 1, ...) on the same splits, each generated and "
+                            "scored; the report's intervals then cover training-seed variance too")
     max_steps: int | None = Field(default=None, gt=0, description="optimizer steps; overrides epochs when set")
     batch_size: int = Field(default=4, gt=0, le=MAX_BATCH_SIZE, description="rows per device per step (at most "
                             "the train split's rows when it is a count)")

@@ -104,7 +104,8 @@ def job_key(spec: ExperimentSpec, arm: ArmSpec, files: dict[str, bytes]) -> str:
     """A digest of everything that shapes the job: the same key means the same job."""
     h = arm.hosted
     shape = {
-        "experiment": spec.name, "arm": arm.name, "model": arm.model, "seed": spec.seed, "base_url": h.base_url,
+        "experiment": spec.name, "arm": arm.name, "model": arm.model, "seed": spec.training_seed(arm),
+        "base_url": h.base_url,
         "hyperparameters": {k: str(getattr(h, k)) for k in ("epochs", "batch_size", "learning_rate_multiplier")},
         "suffix": h.suffix, "system_prompt": h.system_prompt,
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(files.items())},
@@ -439,7 +440,7 @@ def _start_or_attach(spec: ExperimentSpec, arm: ArmSpec, api: _Api, files: dict,
     extra = {"suffix": hosted.suffix} if hosted.suffix else {}
     job = api.call(
         "creating the fine-tuning job", api.client.fine_tuning.jobs.create, model=arm.model,
-        training_file=state["train_file"], validation_file=state["validation_file"], seed=spec.seed,
+        training_file=state["train_file"], validation_file=state["validation_file"], seed=spec.training_seed(arm),
         method={"type": "supervised", "supervised": {"hyperparameters": _hyperparameters(hosted)}},
         metadata={"bakeoff_key": key, "bakeoff_experiment": spec.name, "bakeoff_arm": arm.name}, **extra,
         # the same key on every attempt: a server that honours it never creates a second job when a

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 def train_arm(spec: ExperimentSpec, arm: ArmSpec, data_dir: str | Path, out_dir: str | Path) -> TrainResult:
     """Train ``arm`` of ``spec`` in this process (one rank of several, or the only one)."""
-    return finetune(arm, spec.training, spec.arm_peft(arm), data_dir, out_dir, spec.seed, spec.cost,
+    return finetune(arm, spec.training, spec.arm_peft(arm), data_dir, out_dir, spec.training_seed(arm), spec.cost,
                     checkpoint_uri=spec.checkpoint_uri(arm))
 
 
