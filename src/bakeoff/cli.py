@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from bakeoff import __version__
-from bakeoff.errors import BakeoffError, SpecError, exit_code
+from bakeoff.errors import BakeoffError, SpecError, exit_code, log_to_stderr
 from bakeoff.spec import ExperimentSpec, load_spec
 
 log = logging.getLogger("bakeoff")
@@ -422,25 +422,10 @@ def _stage_commands(sub) -> None:
     s.set_defaults(func=_cmd_synth_data)
 
 
-_HANDLER: list[logging.Handler] = []  # the handler main() added (one), replaced on the next call
-
-
-def _log_to_stderr(level: int) -> None:
-    """Log to the current stderr at ``level``: one handler of our own, replaced on each call (a second main()
-    in one process, as in tests, must not write to an earlier, closed stderr); others' handlers are left."""
-    root = logging.getLogger()
-    for handler in _HANDLER:
-        root.removeHandler(handler)
-    _HANDLER[:] = [logging.StreamHandler(sys.stderr)]
-    _HANDLER[0].setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(_HANDLER[0])
-    root.setLevel(level)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``bakeoff`` console script."""
     args = build_parser().parse_args(argv)
-    _log_to_stderr(logging.DEBUG if args.verbose else logging.INFO)
+    log_to_stderr(logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:  # the HTTP clients of openai log a line per request (judge, RAGAS, hosted arms) otherwise
         for name in QUIET_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)

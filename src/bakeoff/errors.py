@@ -71,3 +71,23 @@ def exit_code(exc: BaseException, stream=None, debug: bool = False) -> int:
         text = " ".join(str(exc).split()) or "(no message)"
         print(f"error: unexpected {type(exc).__name__}: {text} (bakeoff did not expect this{hint})", file=stream)
     return 1
+
+
+_HANDLERS: list = []  # the one log handler an entry point added (log_to_stderr), replaced on its next call
+
+
+def log_to_stderr(level: int) -> None:
+    """An entry point's logging: one handler of bakeoff's own on the root logger, writing to the current
+    stderr at ``level``, replaced on each call. A second entry point in one process (as in tests, where each
+    test has its own stderr) must not log to an earlier, closed stderr; other handlers are left alone."""
+    import logging
+    import sys
+
+    root = logging.getLogger()
+    for handler in _HANDLERS:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    _HANDLERS[:] = [handler]
+    root.addHandler(handler)
+    root.setLevel(level)

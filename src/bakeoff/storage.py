@@ -8,11 +8,13 @@ read), ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, optional ``AWS_REGION``
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from bakeoff.errors import StorageError
@@ -76,6 +78,18 @@ def s3_client():
         region=os.environ.get("AWS_REGION") or None,
         secure=secure,
     )
+
+
+def read_s3_json(uri: str) -> Any:
+    """The JSON document at ``s3://bucket/key`` (minio's S3Error and OSError propagate: the caller says
+    what a missing object means)."""
+    bucket, key = parse_s3_uri(uri)
+    response = s3_client().get_object(bucket, key)
+    try:
+        return json.loads(response.read())
+    finally:
+        response.close()
+        response.release_conn()
 
 
 def download_s3_prefix(uri: str, dest: str | Path) -> Path:

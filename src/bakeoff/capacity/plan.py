@@ -135,16 +135,10 @@ def _hub_reachable(timeout_s: float = 2.0) -> bool:
 
 
 def _s3_config(uri: str) -> dict[str, Any]:
-    from bakeoff.storage import parse_s3_uri, s3_client
+    from bakeoff.storage import read_s3_json
 
     try:
-        bucket, key = parse_s3_uri(uri)
-        reply = s3_client().get_object(bucket, f"{key.rstrip('/')}/config.json")
-        try:
-            return json.loads(reply.read())
-        finally:
-            reply.close()
-            reply.release_conn()
+        return read_s3_json(f"{uri.rstrip('/')}/config.json")
     except Exception as exc:
         raise ConfigUnknown(f"{uri}: could not read its config.json ({exc})") from exc
 

@@ -272,6 +272,18 @@ def _costs(c: dict) -> dict[str, str]:
             "judge_gain": _fmt(c.get("judge_gain"), "+.2f"), "per_point": _usd(c.get("usd_per_judge_point"))}
 
 
+def _svg_text(fig) -> str:
+    """A matplotlib figure as an inline ``<svg>`` element, without the RDF metadata and the xlink namespace
+    (no URLs but the SVG one), the same bytes for the same figure."""
+    fig.tight_layout()
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    svg = buf.getvalue()
+    svg = svg[svg.index("<svg"):]
+    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)
+    return svg.replace(' xmlns:xlink="http://www.w3.org/1999/xlink"', "").replace("xlink:href=", "href=")
+
+
 def _loss_svg(results: dict, arms: list[str]) -> str:
     """The loss curves as an inline SVG string, or "" when no arm has a loss history."""
     histories = {arm: ((results.get("training") or {}).get(arm) or {}).get("loss_history") or {} for arm in arms}
@@ -301,16 +313,9 @@ def _loss_svg(results: dict, arms: list[str]) -> str:
         ax.set_ylabel("loss")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
-        fig.tight_layout()
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
+        return _svg_text(fig)
     finally:
         plt.close(fig)
-    svg = buf.getvalue()
-    # Keep only the <svg> element, without the RDF metadata and the xlink namespace (no URLs but the SVG one).
-    svg = svg[svg.index("<svg"):]
-    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)
-    return svg.replace(' xmlns:xlink="http://www.w3.org/1999/xlink"', "").replace("xlink:href=", "href=")
 
 
 def _samples(results: dict, arms: list[str]) -> list[dict[str, Any]]:
@@ -458,15 +463,9 @@ def _ranking_svg(results: dict) -> str:
                                      for r in mine])
             ax.set_title(metric)
             ax.grid(True, axis="x", alpha=0.3)
-        fig.tight_layout()
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
+        return _svg_text(fig)
     finally:
         plt.close(fig)
-    svg = buf.getvalue()
-    svg = svg[svg.index("<svg"):]
-    svg = re.sub(r"\s*<metadata>.*?</metadata>", "", svg, flags=re.S)
-    return svg.replace(' xmlns:xlink="http://www.w3.org/1999/xlink"', "").replace("xlink:href=", "href=")
 
 
 def render_html(results: dict) -> str:

@@ -128,16 +128,10 @@ def read_state(location: str) -> dict[str, Any]:
     if location.startswith("s3://"):
         from minio.error import S3Error
 
-        from bakeoff.storage import parse_s3_uri, s3_client
+        from bakeoff.storage import read_s3_json
 
-        bucket, key = parse_s3_uri(location)
         try:
-            response = s3_client().get_object(bucket, key)
-            try:
-                return json.loads(response.read())
-            finally:
-                response.close()
-                response.release_conn()
+            return read_s3_json(location)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject"):
                 return {}

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bakeoff.artifacts import TrainResult
-from bakeoff.errors import BakeoffError, exit_code
+from bakeoff.errors import BakeoffError, exit_code, log_to_stderr
 from bakeoff.spec import ArmSpec, ExperimentSpec, load_spec
 from bakeoff.train.checkpoints import MARKER
 from bakeoff.train.finetune import finetune
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if "LOCAL_RANK" in os.environ:
         die_with_parent()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_to_stderr(logging.INFO)
     try:
         spec = load_spec(args.spec)
         with staged(args.data, args.out) as (data_dir, out_dir):
