@@ -62,11 +62,6 @@ BODY = "body:"  # a component function's body alone (the code KFP runs in the co
 # Each entry must still be reached and not installed (test_optional_entries_are_current): the list shrinks with
 # the code.
 OPTIONAL: dict[tuple[str, str, str], str] = {
-    # A known gap, not a safe one: prepare with a tiny:// arm and data.max_instruction_tokens fails in the prepare
-    # image (ModuleNotFoundError: torch), because load_tokenizer builds the whole tiny model to get its tokenizer.
-    ("prepare", "torch", "src/bakeoff/models/tiny.py::build_tiny_model"):
-        "tiny:// arms (offline tests) build their tokenizer with the model; prepare loads tokenizers only for "
-        "data.max_instruction_tokens, which no tiny:// experiment sets, and a real arm's tokenizer needs no torch",
     ("generate", "vllm", "src/bakeoff/generate/backends.py::vllm_available"):
         "guarded by try/except ImportError: without vllm the backend resolves to transformers",
     ("generate", "vllm", "src/bakeoff/generate/backends.py::vllm_answers"):

@@ -235,3 +235,18 @@ def test_processes_wanting_the_same_model_folder_build_it_once(tmp_path):
     assert set(paths) == {str(final)} and (final / "config.json").is_file()
     assert counter.read_text().count("built") == 1
     assert visible(final.parent) == ["s3-abc"]  # no half-built folder left
+
+
+def test_a_tiny_tokenizer_loads_without_building_the_model(tmp_path, monkeypatch):
+    """prepare only counts tokens: it gets the tiny tokenizer alone (no torch, no weights), the same one the
+    model is built with."""
+    from transformers import AutoTokenizer
+
+    from bakeoff.models import load_tokenizer, resolve_model
+
+    monkeypatch.setenv("BAKEOFF_CACHE", str(tmp_path))
+    alone = load_tokenizer("tiny://llama")
+    assert not list((tmp_path / "models").glob("tiny-llama-v*"))  # no model was built
+    with_model = AutoTokenizer.from_pretrained(resolve_model("tiny://llama").path)
+    text = "[INST] What kind of thing is a lion? [/INST] animal héllo ✓"
+    assert alone(text)["input_ids"] == with_model(text)["input_ids"] and alone.get_vocab() == with_model.get_vocab()

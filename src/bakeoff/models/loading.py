@@ -34,6 +34,11 @@ def resolve_model(uri: str) -> ResolvedModel:
         final = cache_root() / "models" / f"tiny-{family}-v{BUILD_VERSION}"
         path = atomic_dir(final, lambda tmp: build_tiny_model(family, tmp))
         return ResolvedModel(uri, str(path))
+    return resolve_remote(uri)
+
+
+def resolve_remote(uri: str) -> ResolvedModel:
+    """Map ``hf://``, ``s3://`` or a local path (any model but ``tiny://``) to a loadable location."""
     if uri.startswith("hf://"):
         try:
             ref = parse_hf_uri(uri)
@@ -66,11 +71,23 @@ def _load_error(uri: str, exc: Exception) -> ModelError:
     return ModelError(f"model {uri}: cannot be loaded: {exc}{hint}")
 
 
+def _tokenizer_source(uri: str) -> ResolvedModel:
+    """Where a model's tokenizer loads from: for ``tiny://`` its tokenizer alone, built without the model (a
+    stage that only counts tokens needs no torch); otherwise the model's own location."""
+    if uri.startswith("tiny://"):
+        from bakeoff.models.tiny import BUILD_VERSION, build_tiny_tokenizer
+
+        family = uri[len("tiny://"):]
+        final = cache_root() / "models" / f"tiny-{family}-tokenizer-v{BUILD_VERSION}"
+        return ResolvedModel(uri, str(atomic_dir(final, lambda tmp: build_tiny_tokenizer(family, tmp))))
+    return resolve_remote(uri)
+
+
 def load_tokenizer(uri: str, trust_remote_code: bool = False):
     """The tokenizer of a model URI, with a pad token (end-of-sequence if the model has none)."""
     from transformers import AutoTokenizer
 
-    resolved = resolve_model(uri)
+    resolved = _tokenizer_source(uri)
     try:
         tok = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=trust_remote_code, **resolved.kwargs)
     except Exception as exc:  # transformers raises OSError, ValueError, HTTP errors...

@@ -67,6 +67,27 @@ def build_tokenizer():
     return LlamaTokenizer(vocab=tok.get_vocab(), merges=merges, add_bos_token=True, add_eos_token=False)
 
 
+def save_tokenizer(tokenizer, out_dir: str | Path) -> Path:
+    """Save the tiny tokenizer with the ``tokenizer_config.json`` flags the real Llama 2 file has
+    (transformers keeps them in the post-processor)."""
+    import json
+
+    out_dir = Path(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    config_path = out_dir / "tokenizer_config.json"
+    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "add_bos_token": True,
+                                       "add_eos_token": False}, indent=2) + "\n")
+    return out_dir
+
+
+def build_tiny_tokenizer(family: str, out_dir: str | Path) -> Path:
+    """Only the tokenizer of ``tiny://FAMILY`` (the one its model is built with; no torch needed): what a
+    stage that only counts tokens, such as prepare, loads."""
+    if family not in FAMILIES:
+        raise ModelError(f"tiny://{family}: unknown tiny family; known: {', '.join(FAMILIES)}")
+    return save_tokenizer(build_tokenizer(), out_dir)
+
+
 def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     """Build ``tiny://FAMILY`` into ``out_dir`` (config, safetensors weights, tokenizer) and return it."""
     import torch
@@ -88,10 +109,6 @@ def build_tiny_model(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     model.generation_config.pad_token_id = tokenizer.eos_token_id  # no pad token, as in Llama 2
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
-    # as the real Llama 2 tokenizer_config.json says it (transformers keeps it in the post-processor)
-    config_path = out_dir / "tokenizer_config.json"
-    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "add_bos_token": True,
-                                       "add_eos_token": False}, indent=2) + "\n")
+    save_tokenizer(tokenizer, out_dir)
     (out_dir / "bakeoff_tiny.json").write_text(json.dumps({"family": family, "seed": seed, "build": BUILD_VERSION}))
     return out_dir
