@@ -11,6 +11,7 @@ import pytest
 from bakeoff_pipelines import run_local
 from judge_stub import serve
 
+from bakeoff.report.results import SCHEMA_VERSION
 from bakeoff.spec import parse_spec
 
 pytestmark = pytest.mark.e2e
@@ -84,7 +85,7 @@ def test_both_arms_fine_tuned_and_base(smoke_run):
     pairs = {(r["arm"], r["variant"]) for r in results["rows"]}
     for arm in ("tiny-llama", "tiny-mixtral"):
         assert {(arm, v) for v in spec.variants} <= pairs
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == SCHEMA_VERSION == 2
     assert list(results["training"]) == ["tiny-llama", "tiny-mixtral"]
 
 

@@ -86,6 +86,9 @@ def log_to_stderr(level: int) -> None:
     root = logging.getLogger()
     for handler in _HANDLERS:
         root.removeHandler(handler)
+    for handler in list(root.handlers):  # another library's handler on a stream closed since (kfp.local's)
+        if isinstance(handler, logging.StreamHandler) and getattr(handler.stream, "closed", False):
+            root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     _HANDLERS[:] = [handler]

@@ -22,9 +22,9 @@ All figures are GB (1e9 bytes, as the measured ``peak_memory_gb``), per device. 
   ``generation.batch_size`` sequences of the longest prompt the training allows plus ``max_new_tokens``.
 - ``overhead``: the CUDA context and cuBLAS workspaces (0.8 GB, which the allocator's peak does not count)
   plus 10% of the rest for the caching allocator's fragmentation.
-- ``runtime`` (CPU only, where the measured peak is the process's maximum RSS): the libraries a training
-  process imports, 0.55 GB (``python -c "import resource, torch, transformers, peft, trl, datasets;
-  print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9)"`` here: 0.544).
+- ``runtime`` (CPU only, where the measured peak is the process's resident high-water mark, VmHWM): the
+  libraries a training process imports, 0.55 GB (``python -c "import torch, transformers, peft, trl, datasets;
+  print(open('/proc/self/status').read())"``, VmHWM, here: 0.54).
 
 Sharding: with ``training.distributed: fsdp`` over ``gpu.count`` GPUs (x ``nodes``) weights, gradients and
 optimizer states divide by the world size; activations do not (each rank keeps its own batch's). DDP

@@ -113,11 +113,21 @@ def history_from(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, 
 
 
 def _peak_memory_gb(device: str) -> float:
-    """Peak GPU memory allocated (CUDA), or the process's peak resident memory (CPU), in GB."""
+    """Peak GPU memory allocated (CUDA), or the process's peak resident memory (CPU), in GB.
+
+    On Linux the CPU figure is ``VmHWM`` of /proc/self/status, the high-water mark of this program's own
+    memory: ``ru_maxrss`` also counts the parent's pages a forked child held before it exec'd this program (a
+    stage started from a large process, such as a test run, would report the parent's size)."""
     import torch
 
     if device == "cuda":
         return torch.cuda.max_memory_allocated() / 1e9
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024 / 1e9  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # ru_maxrss is in KB on Linux
