@@ -183,17 +183,30 @@ def run_tokens(spec: ExperimentSpec, arm: str, data: str | Path, n: int = 3) -> 
 
 
 def run_report_from_results(results_file: str | Path, out: str | Path) -> dict[str, Path]:
-    """The pages again from a ``results.json`` alone."""
+    """The pages again from a ``results.json`` alone (any schema version up to the current one: the pages
+    leave out the parts an older file lacks). An unreadable, foreign or malformed file is a BakeoffError."""
     import json
 
     from bakeoff.errors import BakeoffError
     from bakeoff.report import write_report
+    from bakeoff.report.results import SCHEMA_VERSION
 
     try:
         results = json.loads(Path(results_file).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise BakeoffError(f"{results_file}: cannot read results JSON: {exc}") from exc
-    return write_report(results, out)
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        why = getattr(exc, "strerror", None) or exc
+        raise BakeoffError(f"{results_file}: cannot read results JSON: {why}") from exc
+    version = results.get("schema_version") if isinstance(results, dict) else None
+    if version not in range(1, SCHEMA_VERSION + 1):
+        found = (f"a JSON {type(results).__name__}" if not isinstance(results, dict) else
+                 f"schema_version {version!r}" if "schema_version" in results else "no schema_version")
+        raise BakeoffError(f"{results_file}: not a bakeoff results.json of schema version 1 to {SCHEMA_VERSION} "
+                           f"(found {found}); it is the report stage's results.json (runs/NAME/results.json)")
+    try:
+        return write_report(results, out)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:  # a key missing or of another type
+        raise BakeoffError(f"{results_file}: malformed results.json ({type(exc).__name__}: {exc}); see "
+                           "docs/results-schema.md") from exc
 
 
 __all__ = ["ERROR_FILE_ENV", "preflight", "reported", "run_evaluate", "run_finetune", "run_generate",

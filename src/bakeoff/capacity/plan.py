@@ -203,6 +203,24 @@ def _fill_gpu(plan: StagePlan, res, estimate: Estimate) -> None:
         plan.fits = estimate.total_gb <= facts.memory_gb
 
 
+def training_seconds(spec: ExperimentSpec, arm: ArmSpec, config: dict, estimate: Estimate, tokens: int,
+                     peak_tflops: float, gpus: int) -> tuple[float, float]:
+    """(seconds, FLOPs per token) of training ``tokens`` tokens on ``gpus`` GPUs of ``peak_tflops`` at the
+    assumed MFU: the MFU benchmark's formula, run backwards."""
+    flops = train_flops_per_token(config, spec.training.max_seq_length, frozen_base=spec.arm_peft(arm).method != "full",
+                                  adapter_params=estimate.trainable_parameters)
+    return tokens * flops / (assumed_mfu()[0] * peak_tflops * 1e12 * gpus), flops
+
+
+def hosted_cost(arm: ArmSpec, tokens_per_epoch: int) -> tuple[int, float, bool]:
+    """(trained tokens, USD, whether the epochs were assumed) of a hosted arm: tokens x epochs (``auto``: the
+    provider picks; 3 assumed) x its price per trained token."""
+    hosted = arm.hosted
+    epochs = hosted.epochs if isinstance(hosted.epochs, int) else 3
+    trained = tokens_per_epoch * epochs
+    return trained, trained * hosted.usd_per_1m_training_tokens / 1e6, hosted.epochs == "auto"
+
+
 def _finetune_plan(spec: ExperimentSpec, arm: ArmSpec, config: dict, data_dir) -> StagePlan:
     peft, training, res = spec.arm_peft(arm), spec.training, spec.resources.finetune
     plan = StagePlan(arm.name, "finetune", arm.model, peft.method)
@@ -225,11 +243,9 @@ def _finetune_plan(spec: ExperimentSpec, arm: ArmSpec, config: dict, data_dir) -
     if peak is None:
         plan.reason = plan.reason or "time unknown: no bf16 peak for this GPU product"
         return plan
-    flops = train_flops_per_token(config, training.max_seq_length, frozen_base=peft.method != "full",
-                                  adapter_params=estimate.trainable_parameters)
+    seconds, flops = training_seconds(spec, arm, config, estimate, tokens, peak, world)
     plan.mfu, source = assumed_mfu()
     plan.notes.append(f"MFU {plan.mfu:.2f} {source}; {flops / 1e9:.1f} GFLOPs per token")
-    seconds = tokens * flops / (plan.mfu * peak * 1e12 * world)
     plan.gpu_hours = round(seconds / 3600 * world, 2)
     if spec.cost.gpu_hour_usd is not None:
         plan.cost_usd = round(plan.gpu_hours * spec.cost.gpu_hour_usd, 2)
@@ -257,14 +273,14 @@ def _hosted_plan(spec: ExperimentSpec, arm: ArmSpec, data_dir) -> StagePlan:
     hosted = arm.hosted
     plan = StagePlan(arm.name, "finetune", arm.model, "hosted")
     tokens, bound, reason = tokens_per_epoch(spec, data_dir)
-    epochs = hosted.epochs if isinstance(hosted.epochs, int) else 3
     if hosted.epochs == "auto":
         plan.notes.append("epochs auto: the provider picks; 3 assumed")
     if tokens is None:
         plan.reason = f"cost unknown: {reason}"
         return plan
-    plan.tokens, plan.tokens_bound = tokens * epochs, bound
-    plan.cost_usd = round(plan.tokens * hosted.usd_per_1m_training_tokens / 1e6, 2)
+    plan.tokens, cost, _ = hosted_cost(arm, tokens)
+    plan.tokens_bound = bound
+    plan.cost_usd = round(cost, 2)
     plan.notes.append(f"${hosted.usd_per_1m_training_tokens:g} per 1M trained tokens; the run stops at "
                       f"${hosted.max_cost_usd:g} (hosted.max_cost_usd)")
     return plan
@@ -301,10 +317,8 @@ def predicted_beside_measured(spec: ExperimentSpec, stats: dict, training: dict)
             tokens = tokens_from_stats(spec, stats)
         except (KeyError, TypeError, ValueError):
             tokens = None
-        hosted = arm.hosted
         if tokens is not None:
-            epochs = hosted.epochs if isinstance(hosted.epochs, int) else 3
-            out["cost_usd"] = round(tokens * epochs * hosted.usd_per_1m_training_tokens / 1e6, 4)
+            out["cost_usd"] = round(hosted_cost(arm, tokens)[1], 4)
     else:
         try:
             config = known_config(arm.model)
@@ -323,11 +337,8 @@ def predicted_beside_measured(spec: ExperimentSpec, stats: dict, training: dict)
         if training.get("train_tokens") and spec.training.max_steps:
             tokens = None  # a step budget: the prepared data's lengths do not say how many tokens it trains
         if peak and tokens:
-            peft = spec.arm_peft(arm)
-            flops = train_flops_per_token(config, spec.training.max_seq_length, frozen_base=peft.method != "full",
-                                          adapter_params=estimate.trainable_parameters)
             gpus = max(int(training.get("gpu_count") or 1), 1)
-            out["seconds"] = round(tokens * flops / (assumed_mfu()[0] * peak * 1e12 * gpus), 1)
+            out["seconds"] = round(training_seconds(spec, arm, config, estimate, tokens, peak, gpus)[0], 1)
             if spec.cost.gpu_hour_usd is not None:
                 out["cost_usd"] = round(out["seconds"] / 3600 * gpus * spec.cost.gpu_hour_usd, 4)
         elif not cuda:

@@ -58,8 +58,8 @@ def replicate_summaries(spec: ExperimentSpec, trainings: dict[str, dict], summar
         for i, run in enumerate(runs, start=1):
             t = trainings.get(run) or {}
             cells = ((summaries.get(run) or {}).get("metrics") or {}).get("fine-tuned") or {}
-            entries.append({"replicate": i, "run": run, "seed": spec.for_run(run).training_seed(
-                spec.for_run(run).arm(run)), "metrics": {m: (cells.get(m) or {}).get("mean") for m in metrics},
+            entries.append({"replicate": i, "run": run, "seed": spec.run_seed(run),
+                            "metrics": {m: (cells.get(m) or {}).get("mean") for m in metrics},
                 "seconds": t.get("seconds"), "gpu_hours": t.get("gpu_hours"), "cost_usd": t.get("cost_usd"),
                 "final_validation_loss": t.get("final_validation_loss")})
         spread = {}

@@ -230,6 +230,11 @@ class ExperimentSpec(Strict):
         """The seed ``arm`` trains with (an arm's own ``seed``, else the experiment's)."""
         return arm.seed if arm.seed is not None else self.seed
 
+    def run_seed(self, run: str) -> int:
+        """The training seed of a run: replicate I of an arm trains with the arm's seed + I - 1."""
+        arm, replicate = self.run_of(run)
+        return self.training_seed(arm) + replicate - 1
+
     def for_run(self, run: str) -> ExperimentSpec:
         """The spec a run's stages see: ``self`` for an arm's first replicate; for replicate I of arm NAME, a spec
         whose arm ``NAME-rI`` has training seed (its seed) + I - 1 and whose only variant is fine-tuned (the base
@@ -237,7 +242,7 @@ class ExperimentSpec(Strict):
         arm, replicate = self.run_of(run)
         if replicate == 1:
             return self
-        twin = arm.model_copy(update={"name": run, "seed": self.training_seed(arm) + replicate - 1,
+        twin = arm.model_copy(update={"name": run, "seed": self.run_seed(run),
                                       "replicates": 1})
         arms = [twin if a.name == arm.name else a for a in self.arms]
         return self.model_copy(update={"arms": arms, "variants": ["fine-tuned"]})

@@ -54,7 +54,7 @@ def _embedding_ids(model: Any) -> set[int]:
     ids: set[int] = set()
     try:
         inputs = model.get_input_embeddings()
-    except (AttributeError, NotImplementedError):
+    except (AttributeError, NotImplementedError):  # transformers' base class raises for a model without one
         inputs = None
     if inputs is not None:
         ids.update(id(p) for p in inputs.parameters())
